@@ -1,0 +1,60 @@
+# broker-gateway: one entry point for people, CI and hooks.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PULSAR := local/pulsar
+export PULSAR_PYTHON := $(abspath $(BIN)/python)
+
+.PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit lint format clean
+
+help: ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP) ## Create .venv and install the package with its pinned dependencies
+
+pulsar-fetch: ## Resolve the Pulsar jars from Maven Central (cached in ~/.m2)
+	$(PULSAR) fetch
+
+pulsar-start: $(STAMP) pulsar-fetch ## Start the local Pulsar standalone (ports 6650/8080)
+	$(PULSAR) start
+
+pulsar-stop: ## Stop the local Pulsar standalone
+	$(PULSAR) stop
+
+run: pulsar-start ## Start Pulsar and serve the gateway on 127.0.0.1:8000 (Ctrl-C stops both)
+	@echo
+	@echo "  broker-gateway on http://127.0.0.1:8000  (API docs: http://127.0.0.1:8000/docs)"
+	@echo "  try:"
+	@echo "    curl -s -XPOST localhost:8000/v1/topics/public/default/demo/messages \\"
+	@echo "         -H 'content-type: application/json' -d '{\"messages\": [{\"value\": {\"hello\": \"pulsar\"}}]}'"
+	@echo "    curl -s 'localhost:8000/v1/topics/public/default/demo/messages?position=earliest'"
+	@echo
+	@trap '$(PULSAR) stop' EXIT; $(BIN)/broker-gateway serve
+
+test: $(STAMP) pulsar-fetch ## Run every test; the suite starts (and stops) its own Pulsar
+	$(BIN)/pytest
+
+test-unit: $(STAMP) ## Run the tests that need no broker
+	$(BIN)/pytest tests/unit
+
+lint: $(STAMP) ## ruff and mypy --strict
+	$(BIN)/ruff check broker_gateway tests
+	$(BIN)/ruff format --check broker_gateway tests
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix broker_gateway tests
+	$(BIN)/ruff format broker_gateway tests
+
+clean: pulsar-stop ## Remove the venv and local Pulsar data (jars stay cached)
+	rm -rf $(VENV) local/data .mypy_cache .ruff_cache .pytest_cache

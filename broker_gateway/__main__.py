@@ -1,0 +1,3 @@
+from broker_gateway.cli import main
+
+main()

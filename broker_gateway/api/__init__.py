@@ -1,0 +1,1 @@
+"""Thin FastAPI routers: parse, call one domain function, shape the response."""

@@ -1,0 +1,39 @@
+"""Liveness, readiness and metrics."""
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar
+from broker_gateway.api.responses import JSON, ProblemJSON
+from broker_gateway.errors import BrokerUnavailable, problem_body, problem_for
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", summary="Liveness")
+async def livez() -> JSON:
+    """200 while the process runs."""
+    return JSON({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness")
+async def readyz(pulsar: Pulsar, settings: AppSettings) -> Response:
+    """200 when every configured Pulsar cluster answers, else 503 naming the failing ones."""
+    problems = await pulsar.check_clusters()
+    failing = {name: detail for name, detail in problems.items() if detail is not None}
+    if not failing:
+        return JSON({"status": "ready", "clusters": {name: "ready" for name in problems}})
+    error = BrokerUnavailable(
+        "not ready: " + "; ".join(f"{n}: {d}" for n, d in failing.items()),
+        retry_after_s=settings.broker_retry_after_s,
+    )
+    body = problem_body(problem_for(error), error.detail, clusters=failing)
+    return ProblemJSON(
+        body, status_code=503, headers={"Retry-After": str(settings.broker_retry_after_s)}
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(app_metrics: AppMetrics) -> Response:
+    """Prometheus text exposition format."""
+    return Response(app_metrics.render(), media_type=app_metrics.content_type)

@@ -1,0 +1,166 @@
+"""create_app(settings): routes, error handlers, and a lifespan that owns Pulsar."""
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker_gateway import __version__
+from broker_gateway.api import health, publish, read
+from broker_gateway.api.responses import ProblemJSON
+from broker_gateway.errors import (
+    HTTP_STATUS_CODES,
+    GatewayError,
+    InvalidRequest,
+    Problem,
+    problem_body,
+    problem_for,
+)
+from broker_gateway.limits import BodySizeLimit
+from broker_gateway.metrics import Metrics
+from broker_gateway.pulsar.service import PulsarService
+from broker_gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+An HTTP front door for Apache Pulsar: publish events, replay streams, follow them live and
+run work queues, all over plain HTTP.
+
+Topics are `{tenant}/{namespace}/{topic}` and always mean the persistent Pulsar topic.
+Every error is `application/problem+json` with a stable `code` to switch on.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = PulsarService(settings)
+        app.state.pulsar = service
+        try:
+            await service.open()
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(
+        title="broker-gateway",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    for router in (health.router, publish.router, read.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    _install_docs(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(_RequestMetrics, metrics=app.state.metrics)
+    return app
+
+
+def _problem(
+    problem: Problem, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> ProblemJSON:
+    return ProblemJSON(
+        problem_body(problem, detail, **extra), status_code=problem.status, headers=headers
+    )
+
+
+def gateway_error_response(error: GatewayError) -> ProblemJSON:
+    headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+    return _problem(problem_for(error), error.detail, headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return gateway_error_response(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        # Where and what, never the offending input itself (it may be a secret or huge).
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return _problem(problem_for(InvalidRequest(detail)), detail, errors=errors)
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = HTTP_STATUS_CODES.get(exc.status_code, "http_error")
+        problem = Problem(exc.status_code, code, code.replace("_", " ").capitalize())
+        return _problem(problem, str(exc.detail), dict(exc.headers or {}))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI served from the installed package: /docs works with no internet."""
+    assets = resources.files("fastapi_swagger") / "resources"
+    app.mount("/docs/assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="broker-gateway API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+
+class _RequestMetrics:
+    """Counts and times every request by route template; turns a crash into a 500 problem."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = ServerErrorMiddleware(app, handler=self._on_crash)
+        self.metrics = metrics
+
+    @staticmethod
+    async def _on_crash(_: Request, exc: Exception) -> Response:
+        if isinstance(exc, GatewayError):  # raised outside a route, e.g. by BodySizeLimit
+            return gateway_error_response(exc)
+        log.exception("unhandled error")
+        problem = problem_for(GatewayError(""))
+        return _problem(problem, "an unexpected error occurred; it has been logged")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_measure(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.metrics.latency.labels(route, scope["method"]).observe(
+                    time.perf_counter() - started
+                )
+                self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_and_measure)

@@ -1,0 +1,105 @@
+"""One exception root, and one table that turns each error into an HTTP problem (RFC 9457)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway reports to a client."""
+
+    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(GatewayError):
+    """The request is malformed: bad JSON, bad name, bad position, ..."""
+
+
+class PayloadTooLarge(GatewayError):
+    """The body is larger than the configured limit."""
+
+
+class NotFound(GatewayError):
+    """A resource the request names does not exist."""
+
+
+class TenantNotFound(NotFound):
+    pass
+
+
+class NamespaceNotFound(NotFound):
+    pass
+
+
+class TopicNotFound(NotFound):
+    pass
+
+
+class SubscriptionNotFound(NotFound):
+    pass
+
+
+class BrokerUnavailable(GatewayError):
+    """Pulsar cannot be reached or refuses work for now; the client may retry."""
+
+
+class BrokerTimeout(GatewayError):
+    """Pulsar did not answer in time; the outcome of the operation is unknown."""
+
+
+class BrokerError(GatewayError):
+    """Pulsar answered with an error the gateway has no better name for."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    status: int
+    code: str
+    title: str
+
+
+# The one table. Lookup walks the exception's MRO, so a subclass without its own row
+# inherits its parent's.
+PROBLEMS: dict[type[GatewayError], Problem] = {
+    GatewayError: Problem(500, "internal_error", "Internal error"),
+    InvalidRequest: Problem(422, "invalid_request", "Invalid request"),
+    PayloadTooLarge: Problem(413, "payload_too_large", "Payload too large"),
+    NotFound: Problem(404, "not_found", "Not found"),
+    TenantNotFound: Problem(404, "tenant_not_found", "Tenant not found"),
+    NamespaceNotFound: Problem(404, "namespace_not_found", "Namespace not found"),
+    TopicNotFound: Problem(404, "topic_not_found", "Topic not found"),
+    SubscriptionNotFound: Problem(404, "subscription_not_found", "Subscription not found"),
+    BrokerUnavailable: Problem(503, "broker_unavailable", "Broker unavailable"),
+    BrokerTimeout: Problem(504, "broker_timeout", "Broker timeout"),
+    BrokerError: Problem(502, "broker_error", "Broker error"),
+}
+
+# Statuses raised by the framework itself (unknown route, wrong method, ...).
+HTTP_STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def problem_for(error: GatewayError) -> Problem:
+    for cls in type(error).__mro__:
+        if cls in PROBLEMS:
+            return PROBLEMS[cls]
+    raise AssertionError("GatewayError is in the table")  # pragma: no cover
+
+
+def problem_body(problem: Problem, detail: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": f"urn:broker-gateway:problem:{problem.code}",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": detail,
+        "code": problem.code,
+        **extra,
+    }

@@ -1,0 +1,1 @@
+"""Everything that talks to Pulsar: the only package that imports pulsar-client."""

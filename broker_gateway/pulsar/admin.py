@@ -1,0 +1,83 @@
+"""Pulsar's admin REST API over httpx: one client per configured cluster."""
+
+import logging
+from typing import Any
+
+import httpx
+
+from broker_gateway.errors import (
+    BrokerError,
+    BrokerTimeout,
+    BrokerUnavailable,
+    NotFound,
+    TopicNotFound,
+)
+from broker_gateway.pulsar.codecs import Position, TopicName
+from broker_gateway.settings import Cluster
+
+log = logging.getLogger(__name__)
+
+
+class PulsarAdmin:
+    """Admin calls against one cluster. Errors come back as the gateway's errors."""
+
+    def __init__(self, cluster: Cluster, *, timeout_s: float, retry_after_s: int) -> None:
+        self.cluster = cluster
+        self._retry_after_s = retry_after_s
+        self._http = httpx.AsyncClient(
+            base_url=str(cluster.admin_url).rstrip("/"),
+            timeout=httpx.Timeout(timeout_s),
+            headers={"Accept": "application/json"},
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def ready(self, timeout_s: float) -> None:
+        """Raises: BrokerUnavailable or BrokerTimeout when the broker is not ready."""
+        await self._request("GET", "/admin/v2/brokers/ready", timeout_s=timeout_s)
+
+    async def last_position(self, topic: TopicName) -> Position:
+        """The position of the newest message in a non-partitioned topic.
+
+        Raises: TopicNotFound; BrokerUnavailable or BrokerTimeout.
+        """
+        try:
+            body = await self._request("GET", f"/admin/v2/persistent/{topic.path}/lastMessageId")
+        except NotFound as exc:
+            raise TopicNotFound(f"topic {topic} does not exist") from exc
+        return Position(
+            ledger=body["ledgerId"],
+            entry=body["entryId"],
+            batch_index=body.get("batchIndex", -1),
+            partition=body.get("partitionIndex", -1),
+        )
+
+    async def _request(
+        self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
+    ) -> Any:
+        name = self.cluster.name
+        extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        try:
+            response = await self._http.request(method, path, **kwargs, **extra)
+        except httpx.TimeoutException as exc:
+            raise BrokerTimeout(
+                f"cluster {name} did not answer in time", retry_after_s=self._retry_after_s
+            ) from exc
+        except httpx.TransportError as exc:
+            raise BrokerUnavailable(
+                f"cluster {name} is unreachable: {exc}", retry_after_s=self._retry_after_s
+            ) from exc
+        if response.status_code == 404:
+            raise NotFound(f"not found on cluster {name}: {path}")
+        if response.status_code >= 500:
+            raise BrokerUnavailable(
+                f"cluster {name} answered {response.status_code}",
+                retry_after_s=self._retry_after_s,
+            )
+        if response.status_code >= 400:
+            raise BrokerError(f"cluster {name} answered {response.status_code}: {response.text}")
+        try:
+            return response.json()
+        except ValueError:  # some endpoints label a plain "ok" as JSON
+            return response.text

@@ -1,0 +1,38 @@
+"""Callbacks from pulsar-client's I/O threads, settled safely on the event loop.
+
+pulsar.asyncio sets its futures unconditionally, which fails noisily once a waiter has
+given up (a read deadline, a client that disconnected). These helpers let a late result
+land on a future nobody waits for any more, and say so to the caller that can use it.
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import _pulsar
+import pulsar.asyncio
+
+# Called with the late value when the waiter had already given up.
+LateHandler = Callable[[Any], None]
+
+
+def callback_for(
+    future: "asyncio.Future[Any]", on_late: LateHandler | None = None
+) -> Callable[[Any, Any], None]:
+    """A (result, value) callback that settles `future` from any thread."""
+    loop = future.get_loop()
+
+    def settle(result: Any, value: Any) -> None:
+        if future.done():
+            if on_late is not None and result == _pulsar.Result.Ok:
+                on_late(value)
+            return
+        if result == _pulsar.Result.Ok:
+            future.set_result(value)
+        else:
+            future.set_exception(pulsar.asyncio.PulsarException(result))
+
+    def callback(result: Any, value: Any = None) -> None:
+        loop.call_soon_threadsafe(settle, result, value)
+
+    return callback

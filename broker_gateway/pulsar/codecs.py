@@ -1,0 +1,128 @@
+"""Pure codecs: topic names, message positions and the opaque cursors built from them.
+
+No broker is needed here, so all of it is unit-tested on its own.
+"""
+
+import base64
+import binascii
+import re
+import struct
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from broker_gateway.errors import InvalidRequest
+
+# Pulsar's own rule for tenant, namespace and topic names; `/` never passes, so a name can
+# not reach into another tenant.
+_NAME: Final = re.compile(r"^[A-Za-z0-9_.=:-]+$")
+_MAX_NAME: Final = 255
+
+
+@dataclass(frozen=True, slots=True)
+class TopicName:
+    tenant: str
+    namespace: str
+    topic: str
+
+    @classmethod
+    def parse(cls, tenant: str, namespace: str, topic: str) -> "TopicName":
+        """Raises: InvalidRequest when a part breaks Pulsar's naming rules."""
+        for kind, value in (("tenant", tenant), ("namespace", namespace), ("topic", topic)):
+            if not _NAME.fullmatch(value) or len(value) > _MAX_NAME or value in (".", ".."):
+                raise InvalidRequest(
+                    f"invalid {kind} name {value!r}: use 1-{_MAX_NAME} of [A-Za-z0-9_.=:-]"
+                )
+        return cls(tenant, namespace, topic)
+
+    @property
+    def persistent(self) -> str:
+        return f"persistent://{self.tenant}/{self.namespace}/{self.topic}"
+
+    @property
+    def path(self) -> str:
+        """The `{tenant}/{namespace}/{topic}` form used in URLs and the admin API."""
+        return f"{self.tenant}/{self.namespace}/{self.topic}"
+
+    def __str__(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where one message sits in a topic (or one partition of it)."""
+
+    ledger: int
+    entry: int
+    batch_index: int = -1
+    partition: int = -1
+
+    def __str__(self) -> str:
+        return f"{self.ledger}:{self.entry}:{self.partition}:{self.batch_index}"
+
+
+# Before the first message of any topic: reading after it reads everything.
+EARLIEST: Final = Position(-1, -1)
+
+# A cursor is the position of the last message a client has seen, per partition (-1 for a
+# non-partitioned topic). Layout: version byte, then per partition the packed position.
+_CURSOR_VERSION: Final = 1
+_ENTRY: Final = struct.Struct(">iqqi")
+
+
+def encode_cursor(positions: dict[int, Position]) -> str:
+    packed = bytearray([_CURSOR_VERSION])
+    for partition in sorted(positions):
+        p = positions[partition]
+        packed += _ENTRY.pack(partition, p.ledger, p.entry, p.batch_index)
+    return base64.urlsafe_b64encode(bytes(packed)).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> dict[int, Position]:
+    """Raises: InvalidRequest when the cursor was not made by encode_cursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest("invalid cursor: not base64url") from exc
+    body = raw[1:]
+    if not raw or raw[0] != _CURSOR_VERSION or not body or len(body) % _ENTRY.size:
+        raise InvalidRequest("invalid cursor")
+    positions: dict[int, Position] = {}
+    for offset in range(0, len(body), _ENTRY.size):
+        partition, ledger, entry, batch_index = _ENTRY.unpack_from(body, offset)
+        positions[partition] = Position(ledger, entry, batch_index, partition)
+    return positions
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a read begins: `earliest`, `latest`, a publish time, or after a cursor."""
+
+    kind: str  # "earliest" | "latest" | "time" | "after"
+    time_ms: int | None = None
+    after: dict[int, Position] | None = None
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds from an RFC 3339 string or integer epoch milliseconds.
+
+    Raises: InvalidRequest for anything else, including a time without a zone.
+    """
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid time {text!r}: use RFC 3339 or epoch ms") from exc
+    if parsed.tzinfo is None:
+        raise InvalidRequest(f"invalid time {text!r}: RFC 3339 needs a zone (Z or +hh:mm)")
+    return int(parsed.timestamp() * 1000)
+
+
+def parse_start(position: str) -> Start:
+    """Raises: InvalidRequest when `position` is none of the four forms."""
+    if position in ("earliest", "latest"):
+        return Start(position)
+    if position.startswith("time:"):
+        return Start("time", time_ms=parse_time(position.removeprefix("time:")))
+    return Start("after", after=decode_cursor(position))

@@ -1,0 +1,65 @@
+"""Pulsar client results, translated into the gateway's errors."""
+
+from typing import Final
+
+import pulsar
+import pulsar.asyncio
+
+from broker_gateway.errors import (
+    BrokerError,
+    BrokerTimeout,
+    BrokerUnavailable,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    SubscriptionNotFound,
+    TopicNotFound,
+)
+
+_RETRYABLE: Final = {
+    "ConnectError",
+    "NotConnected",
+    "ServiceUnitNotReady",
+    "LookupError",
+    "TooManyLookupRequestException",
+    "AlreadyClosed",
+    "ProducerQueueIsFull",
+    "MemoryBufferIsFull",
+    "BrokerMetadataError",
+    "BrokerPersistenceError",
+    "ProducerBlockedQuotaExceededError",
+    "ProducerBlockedQuotaExceededException",
+    "ProducerBusy",
+    "ConsumerBusy",
+}
+
+_BY_RESULT: Final[dict[str, type[GatewayError]]] = {
+    "Timeout": BrokerTimeout,
+    "TopicNotFound": TopicNotFound,
+    "SubscriptionNotFound": SubscriptionNotFound,
+    "InvalidTopicName": InvalidRequest,
+    "MessageTooBig": PayloadTooLarge,
+    "IncompatibleSchema": InvalidRequest,
+    **dict.fromkeys(_RETRYABLE, BrokerUnavailable),
+}
+
+
+def result_name(exc: BaseException) -> str:
+    """The Pulsar result code behind an exception from either pulsar-client API."""
+    if isinstance(exc, pulsar.asyncio.PulsarException):
+        return str(exc.error().name)
+    return type(exc).__name__
+
+
+def translate(exc: BaseException, retry_after_s: int) -> GatewayError:
+    """Map an exception raised by pulsar-client to the gateway error a client sees."""
+    if isinstance(exc, GatewayError):
+        return exc
+    name = result_name(exc)
+    cls = _BY_RESULT.get(name, BrokerError)
+    retry = retry_after_s if cls in (BrokerUnavailable, BrokerTimeout) else None
+    return cls(f"Pulsar: {name}", retry_after_s=retry)
+
+
+def is_pulsar_error(exc: BaseException) -> bool:
+    return isinstance(exc, pulsar.asyncio.PulsarException | pulsar.PulsarException)

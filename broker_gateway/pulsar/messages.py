@@ -1,0 +1,66 @@
+"""Messages in and out of Pulsar, as plain values the HTTP layer can build and render."""
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pulsar
+
+from broker_gateway.pulsar.codecs import Position
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    payload: bytes
+    key: str | None = None
+    ordering_key: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    event_time_ms: int | None = None
+    deliver_at_ms: int | None = None
+    deliver_after_ms: int | None = None
+    sequence_id: int | None = None
+
+
+def position_of(message_id: Any) -> Position:
+    """The Position of a pulsar.MessageId or _pulsar.MessageId."""
+    return Position(
+        message_id.ledger_id(),
+        message_id.entry_id(),
+        message_id.batch_index(),
+        message_id.partition(),
+    )
+
+
+def to_message_id(position: Position) -> pulsar.MessageId:
+    return pulsar.MessageId(
+        position.partition, position.ledger, position.entry, position.batch_index
+    )
+
+
+def render(message: Any, *, base64_only: bool = False) -> dict[str, Any]:
+    """A received _pulsar.Message as the API's Message object.
+
+    The payload goes out as `value` when it is JSON (embedded as is, not re-encoded), else as
+    base64 `data`.
+    """
+    payload: bytes = message.data()
+    event_time = message.event_timestamp()
+    rendered: dict[str, Any] = {
+        "message_id": str(position_of(message.message_id())),
+        "key": message.partition_key() or None,
+        "ordering_key": message.ordering_key() or None,
+        "properties": message.properties(),
+        "publish_time": message.publish_timestamp(),
+        "event_time": event_time or None,
+    }
+    if not base64_only and payload:
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            rendered["value"] = orjson.Fragment(payload)
+            return rendered
+    rendered["data"] = base64.b64encode(payload).decode()
+    return rendered

@@ -1,0 +1,102 @@
+"""One producer per topic, created once, shared by all requests, closed when idle."""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import pulsar
+import pulsar.asyncio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    producer: pulsar.asyncio.Producer
+    last_used: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+
+
+class ProducerCache:
+    """Producers keyed by full topic name. Concurrent sends to one topic share its batches."""
+
+    def __init__(self, client: pulsar.asyncio.Client, idle_timeout_s: float) -> None:
+        self._client = client
+        self._idle_timeout_s = idle_timeout_s
+        self._entries: dict[str, _Entry] = {}
+        self._creating: dict[str, asyncio.Task[_Entry]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._close_idle_forever(), name="producer-reaper")
+
+    async def acquire(self, topic: str) -> _Entry:
+        """The topic's producer, marked in use until release().
+
+        Raises: PulsarException when the producer cannot be created.
+        """
+        entry = self._entries.get(topic)
+        if entry is None:
+            task = self._creating.get(topic)
+            if task is None:
+                task = asyncio.create_task(self._create(topic), name=f"create-producer {topic}")
+                self._creating[topic] = task
+                task.add_done_callback(lambda _: self._creating.pop(topic, None))
+            # shield: one caller giving up must not cancel the creation others wait on.
+            entry = await asyncio.shield(task)
+        entry.in_flight += 1
+        entry.last_used = time.monotonic()
+        return entry
+
+    @staticmethod
+    def release(entry: _Entry) -> None:
+        entry.in_flight -= 1
+        entry.last_used = time.monotonic()
+
+    async def _create(self, topic: str) -> _Entry:
+        producer = await self._client.create_producer(
+            topic,
+            batching_enabled=True,
+            batching_max_publish_delay_ms=1,
+            batching_max_messages=1000,
+            max_pending_messages=10_000,
+            block_if_queue_full=False,
+            compression_type=pulsar.CompressionType.LZ4,
+        )
+        entry = _Entry(producer)
+        self._entries[topic] = entry
+        log.debug("producer created for %s", topic)
+        return entry
+
+    async def _close_idle_forever(self) -> None:
+        interval = max(self._idle_timeout_s / 4, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            idle = [
+                topic
+                for topic, entry in self._entries.items()
+                if entry.in_flight == 0 and now - entry.last_used > self._idle_timeout_s
+            ]
+            for topic in idle:
+                await self._close(topic)
+
+    async def _close(self, topic: str) -> None:
+        entry = self._entries.pop(topic, None)
+        if entry is None:
+            return
+        try:
+            await entry.producer.close()
+        except Exception as exc:  # closing is best effort: the broker drops it anyway
+            log.warning("closing producer for %s failed: %s", topic, exc)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        creating = list(self._creating.values())
+        for task in creating:
+            task.cancel()
+        await asyncio.gather(*creating, return_exceptions=True)
+        await asyncio.gather(*(self._close(topic) for topic in list(self._entries)))

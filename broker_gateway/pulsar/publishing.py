@@ -1,0 +1,74 @@
+"""Publishing: a batch of messages to one topic, each result reported on its own."""
+
+import asyncio
+import time
+from typing import Any
+
+import _pulsar
+
+from broker_gateway.errors import GatewayError
+from broker_gateway.pulsar.bridge import callback_for
+from broker_gateway.pulsar.codecs import Position, TopicName
+from broker_gateway.pulsar.errors import translate
+from broker_gateway.pulsar.messages import OutgoingMessage, position_of
+from broker_gateway.pulsar.producers import ProducerCache
+
+
+def _build(message: OutgoingMessage) -> Any:
+    builder = _pulsar.MessageBuilder()
+    builder.content(message.payload)
+    for name, value in message.properties.items():
+        builder.property(name, value)
+    if message.key is not None:
+        builder.partition_key(message.key)
+    if message.ordering_key is not None:
+        builder.ordering_key(message.ordering_key)
+    if message.event_time_ms is not None:
+        builder.event_timestamp(message.event_time_ms)
+    if message.deliver_at_ms is not None:
+        builder.deliver_at(message.deliver_at_ms)
+    elif message.deliver_after_ms is not None:
+        builder.deliver_at(_epoch_ms() + message.deliver_after_ms)
+    if message.sequence_id is not None:
+        builder.sequence_id(message.sequence_id)
+    return builder.build()
+
+
+def _epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def publish(
+    producers: ProducerCache,
+    topic: TopicName,
+    messages: list[OutgoingMessage],
+    *,
+    retry_after_s: int,
+) -> list[Position | GatewayError]:
+    """Send every message; a Position for each one the broker persisted, else its error.
+
+    Messages are handed to the producer in order before any result is awaited, so they share
+    Pulsar batches and keep their order.
+
+    Raises: GatewayError when the topic's producer cannot be had (nothing was sent).
+    """
+    try:
+        entry = await producers.acquire(topic.persistent)
+    except Exception as exc:
+        raise translate(exc, retry_after_s) from exc
+    loop = asyncio.get_running_loop()
+    try:
+        futures: list[asyncio.Future[Any]] = []
+        for message in messages:
+            future: asyncio.Future[Any] = loop.create_future()
+            entry.producer._producer.send_async(_build(message), callback_for(future))
+            futures.append(future)
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        producers.release(entry)
+    return [
+        translate(outcome, retry_after_s)
+        if isinstance(outcome, BaseException)
+        else position_of(outcome)
+        for outcome in outcomes
+    ]

@@ -1,0 +1,60 @@
+"""The gateway's configuration: one class, read from `GATEWAY_*` environment variables."""
+
+from pydantic import BaseModel, Field, HttpUrl, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Cluster(BaseModel):
+    """A Pulsar cluster the gateway talks to."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    service_url: str = Field(description="Binary protocol URL, e.g. pulsar://127.0.0.1:6650")
+    admin_url: HttpUrl = Field(description="Admin REST URL, e.g. http://127.0.0.1:8080")
+
+    @field_validator("service_url")
+    @classmethod
+    def _pulsar_scheme(cls, value: str) -> str:
+        if not value.startswith(("pulsar://", "pulsar+ssl://")):
+            raise ValueError("service_url must start with pulsar:// or pulsar+ssl://")
+        return value
+
+
+def _local_cluster() -> list[Cluster]:
+    return [
+        Cluster(
+            name="standalone",
+            service_url="pulsar://127.0.0.1:6650",
+            admin_url=HttpUrl("http://127.0.0.1:8080"),
+        )
+    ]
+
+
+class Settings(BaseSettings):
+    """Every setting has a default that works with `make run`'s local Pulsar."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    # The first cluster carries the data plane (publish, read, queues); all of them are
+    # checked by /readyz. As JSON: GATEWAY_CLUSTERS='[{"name": ..., "service_url": ..., ...}]'.
+    clusters: list[Cluster] = Field(default_factory=_local_cluster, min_length=1)
+    pulsar_operation_timeout_s: float = Field(default=10.0, gt=0)
+    pulsar_connect_timeout_s: float = Field(default=5.0, gt=0)
+    pulsar_io_threads: int = Field(default=1, ge=1)
+    # How long a request may wait on the broker before 503/504, and what Retry-After says.
+    broker_retry_after_s: int = Field(default=5, ge=1)
+    readiness_timeout_s: float = Field(default=2.0, gt=0)
+
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_messages_per_request: int = Field(default=1000, ge=1)
+    max_read_limit: int = Field(default=1000, ge=1)
+    max_wait_ms: int = Field(default=30_000, ge=0)
+
+    producer_idle_timeout_s: float = Field(default=300.0, gt=0)
+
+    @property
+    def data_cluster(self) -> Cluster:
+        return self.clusters[0]

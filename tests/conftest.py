@@ -1,0 +1,1 @@
+"""Shared test settings. Integration fixtures live in tests/integration/conftest.py."""

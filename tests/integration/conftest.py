@@ -1,0 +1,155 @@
+"""Integration fixtures: a real Pulsar standalone and a real gateway process in front of it.
+
+The suite starts its own Pulsar (cluster `test`, ports 6651/8081/3182, data under
+local/data/test) through local/pulsar and stops it at the end, unless one is already
+running there; then it is reused and left running. Point the suite at another cluster with
+TEST_PULSAR_SERVICE_URL and TEST_PULSAR_ADMIN_URL.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pulsar
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PULSAR_SCRIPT = ROOT / "local" / "pulsar"
+TEST_CLUSTER_ENV = {
+    "PULSAR_CLUSTER": "test",
+    "PULSAR_BROKER_PORT": "6651",
+    "PULSAR_WEB_PORT": "8081",
+    "PULSAR_BOOKIE_PORT": "3182",
+    "PULSAR_PYTHON": sys.executable,
+}
+
+
+@dataclass(frozen=True)
+class PulsarCluster:
+    name: str
+    service_url: str
+    admin_url: str
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def _pulsar(command: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [str(PULSAR_SCRIPT), command], env={**os.environ, **TEST_CLUSTER_ENV}, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def pulsar_cluster() -> Iterator[PulsarCluster]:
+    service_url = os.environ.get("TEST_PULSAR_SERVICE_URL")
+    admin_url = os.environ.get("TEST_PULSAR_ADMIN_URL")
+    if service_url and admin_url:
+        yield PulsarCluster("configured", service_url, admin_url)
+        return
+    already_running = _pulsar("status").returncode == 0
+    if not already_running and _pulsar("start").returncode != 0:
+        pytest.fail("the local Pulsar did not start; see local/data/test/pulsar.log")
+    cluster_name = TEST_CLUSTER_ENV["PULSAR_CLUSTER"]
+    try:
+        yield PulsarCluster(
+            cluster_name,
+            f"pulsar://127.0.0.1:{TEST_CLUSTER_ENV['PULSAR_BROKER_PORT']}",
+            f"http://127.0.0.1:{TEST_CLUSTER_ENV['PULSAR_WEB_PORT']}",
+        )
+    finally:
+        if not already_running:
+            _pulsar("stop")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_gateway(cluster: PulsarCluster, **settings: str) -> Gateway:
+    """A `broker-gateway serve` process on a free port, ready to serve."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_CLUSTERS": json.dumps(
+            [
+                {
+                    "name": cluster.name,
+                    "service_url": cluster.service_url,
+                    "admin_url": cluster.admin_url,
+                }
+            ]
+        ),
+        **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
+    }
+    process = subprocess.Popen([sys.executable, "-m", "broker_gateway", "serve"], env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"gateway exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Gateway(url, process)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail("gateway did not become ready in 30 s")
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        gateway.process.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway(pulsar_cluster: PulsarCluster) -> Iterator[Gateway]:
+    gw = start_gateway(pulsar_cluster)
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+
+
+@pytest.fixture
+def http(gateway: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def native(pulsar_cluster: PulsarCluster) -> Iterator[pulsar.Client]:
+    """The native pulsar-client, to check the gateway against."""
+    client = pulsar.Client(
+        pulsar_cluster.service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A fresh topic path per test, so tests run in any order."""
+    return f"public/default/t-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,119 @@
+"""The HTTP error surface, with Pulsar unreachable: every failure is a problem+json."""
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from broker_gateway.app import create_app
+from broker_gateway.settings import Settings
+
+# Port 9 (discard) is closed on loopback: a cluster that is down.
+DOWN = {"name": "down", "service_url": "pulsar://127.0.0.1:9", "admin_url": "http://127.0.0.1:9"}
+TOPIC_URL = "/v1/topics/acme/orders/created/messages"
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    settings = Settings(clusters=[DOWN], max_body_bytes=2048, max_messages_per_request=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def assert_problem(response: object, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    assert response.headers["content-type"] == "application/problem+json"  # type: ignore[attr-defined]
+    body: dict[str, object] = response.json()  # type: ignore[attr-defined]
+    assert body["code"] == code
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+    return body
+
+
+def test_livez_answers_without_pulsar(client: TestClient) -> None:
+    assert client.get("/livez").status_code == 200
+
+
+def test_readyz_names_the_cluster_that_is_down(client: TestClient) -> None:
+    response = client.get("/readyz")
+    body = assert_problem(response, 503, "broker_unavailable")
+    assert body["clusters"] == {"down": body["clusters"]["down"]}  # type: ignore[index]
+    assert "down" in str(body["detail"])
+    assert response.headers["retry-after"].isdigit()
+
+
+def test_unknown_route_is_a_not_found_problem(client: TestClient) -> None:
+    assert_problem(client.get("/v1/nothing-here"), 404, "not_found")
+
+
+def test_malformed_json_is_invalid_request(client: TestClient) -> None:
+    response = client.post(
+        TOPIC_URL, content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {},
+        {"value": 1, "data": "aGk="},
+        {"value": 1, "deliver_at": 1, "deliver_after_ms": 1},
+        {"value": 1, "properties": {"a": 1}},
+        {"value": 1, "event_time": "yesterday"},
+        {"value": 1, "surprise": True},
+    ],
+)
+def test_invalid_messages_are_rejected_before_reaching_pulsar(
+    client: TestClient, message: dict[str, object]
+) -> None:
+    assert_problem(client.post(TOPIC_URL, json={"messages": [message]}), 422, "invalid_request")
+
+
+def test_bad_base64_is_invalid_request(client: TestClient) -> None:
+    body = assert_problem(
+        client.post(TOPIC_URL, json={"messages": [{"data": "@@not base64@@"}]}),
+        422,
+        "invalid_request",
+    )
+    assert "base64" in str(body["detail"])
+
+
+def test_too_many_messages_in_one_request_is_invalid_request(client: TestClient) -> None:
+    response = client.post(TOPIC_URL, json={"messages": [{"value": i} for i in range(4)]})
+    assert_problem(response, 422, "invalid_request")
+
+
+def test_oversize_body_is_payload_too_large(client: TestClient) -> None:
+    response = client.post(TOPIC_URL, json={"messages": [{"value": "x" * 4096}]})
+    assert_problem(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("tenant", ["persistent:%2F%2Fx", "..", "a b"])
+def test_names_outside_pulsars_rules_are_invalid_request(client: TestClient, tenant: str) -> None:
+    response = client.get(f"/v1/topics/{tenant}/ns/t/messages")
+    assert response.status_code in (404, 422)
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("position", ["nowhere", "time:yesterday", "AAAA"])
+def test_bad_position_is_invalid_request(client: TestClient, position: str) -> None:
+    response = client.get(TOPIC_URL, params={"position": position})
+    assert_problem(response, 422, "invalid_request")
+
+
+def test_publish_while_pulsar_is_down_is_503_with_retry_after(client: TestClient) -> None:
+    response = client.post(TOPIC_URL, json={"messages": [{"value": 1}]})
+    assert response.status_code in (503, 504), response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"].isdigit()
+
+
+def test_docs_work_offline(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "https://" not in page.text and "http://" not in page.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}" in page.text
+        assert client.get(f"/docs/assets/{asset}").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "broker-gateway"

@@ -1,0 +1,41 @@
+import pytest
+from pydantic import ValidationError
+
+from broker_gateway.settings import Settings
+
+
+def test_defaults_point_at_the_local_pulsar(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GATEWAY_CLUSTERS", "GATEWAY_PORT", "GATEWAY_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.data_cluster.service_url == "pulsar://127.0.0.1:6650"
+    assert str(settings.data_cluster.admin_url) == "http://127.0.0.1:8080/"
+
+
+def test_environment_overrides_with_gateway_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "9001")
+    monkeypatch.setenv(
+        "GATEWAY_CLUSTERS",
+        '[{"name": "east", "service_url": "pulsar://e:6650", "admin_url": "http://e:8080"},'
+        ' {"name": "west", "service_url": "pulsar://w:6650", "admin_url": "http://w:8080"}]',
+    )
+    settings = Settings()
+    assert settings.port == 9001
+    assert [c.name for c in settings.clusters] == ["east", "west"]
+    assert settings.data_cluster.name == "east"
+
+
+def test_a_cluster_needs_a_pulsar_service_url() -> None:
+    with pytest.raises(ValidationError):
+        Settings(
+            clusters=[{"name": "x", "service_url": "http://x:6650", "admin_url": "http://x:8080"}]
+        )
+
+
+def test_settings_are_not_created_at_import_time() -> None:
+    import broker_gateway.app as app_module
+    import broker_gateway.settings as settings_module
+
+    assert not any(isinstance(v, Settings) for v in vars(settings_module).values())
+    assert not any(isinstance(v, Settings) for v in vars(app_module).values())
