@@ -17,6 +17,10 @@ class InvalidRequest(GatewayError):
     """The request is malformed: bad JSON, bad name, bad position, ..."""
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """An Idempotency-Key came back with a different request."""
+
+
 class PayloadTooLarge(GatewayError):
     """The body is larger than the configured limit."""
 
@@ -65,6 +69,7 @@ class Problem:
 PROBLEMS: dict[type[GatewayError], Problem] = {
     GatewayError: Problem(500, "internal_error", "Internal error"),
     InvalidRequest: Problem(422, "invalid_request", "Invalid request"),
+    IdempotencyKeyReused: Problem(422, "idempotency_key_reused", "Idempotency-Key reused"),
     PayloadTooLarge: Problem(413, "payload_too_large", "Payload too large"),
     NotFound: Problem(404, "not_found", "Not found"),
     TenantNotFound: Problem(404, "tenant_not_found", "Tenant not found"),

@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     max_wait_ms: int = Field(default=30_000, ge=0)
 
     producer_idle_timeout_s: float = Field(default=300.0, gt=0)
+    # A named producer (`producer` in a publish) belongs to one replica while open.
+    named_producer_idle_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Idempotency-Key answers live in this topic ({tenant}/{namespace}/{topic}) for this long.
+    idempotency_topic: str = Field(
+        default="public/default/broker-gateway-idempotency",
+        pattern=r"^[A-Za-z0-9_.=:-]+/[A-Za-z0-9_.=:-]+/[A-Za-z0-9_.=:-]+$",
+    )
+    idempotency_ttl_s: int = Field(default=86_400, ge=60)
+
+    # Live streams send a heartbeat after this long without a message.
+    stream_heartbeat_s: float = Field(default=15.0, gt=0)
 
     @property
     def data_cluster(self) -> Cluster:

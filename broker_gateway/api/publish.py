@@ -2,19 +2,28 @@
 
 import base64
 import binascii
+import hashlib
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from starlette.datastructures import Headers
 
 from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
 from broker_gateway.api.responses import JSON
 from broker_gateway.errors import GatewayError, InvalidRequest, problem_for
-from broker_gateway.pulsar.codecs import Position, parse_time
+from broker_gateway.pulsar.codecs import parse_time
+from broker_gateway.pulsar.idempotency import Answer
 from broker_gateway.pulsar.messages import OutgoingMessage
+from broker_gateway.pulsar.publishing import Outcome
+from broker_gateway.settings import Settings
 
 router = APIRouter(tags=["streaming"])
+
+NAME_PATTERN = r"^[A-Za-z0-9_.=:-]{1,255}$"
+PROPERTY_HEADER = "x-message-property-"
 
 
 def _epoch_ms(value: Any) -> Any:
@@ -34,13 +43,23 @@ class PublishMessage(BaseModel):
 
     value: Any = Field(default=None, description="Any JSON; stored as its JSON bytes.")
     data: str | None = Field(default=None, description="Base64 bytes, stored as given.")
-    key: str | None = Field(default=None, description="Partition/routing key.")
-    ordering_key: str | None = None
+    key: str | None = Field(
+        default=None, description="Routes the message to a partition; per-key order holds."
+    )
+    ordering_key: str | None = Field(
+        default=None, description="Overrides `key` for Key_Shared dispatch only."
+    )
     properties: dict[str, str] = Field(default_factory=dict)
     event_time: EpochMs | None = Field(default=None, description="RFC 3339 or epoch ms.")
-    deliver_after_ms: int | None = Field(default=None, ge=0)
-    deliver_at: EpochMs | None = Field(default=None, description="RFC 3339 or epoch ms.")
-    sequence_id: int | None = Field(default=None, ge=0)
+    deliver_after_ms: int | None = Field(
+        default=None, ge=0, description="Deliver to subscriptions no earlier than this delay."
+    )
+    deliver_at: EpochMs | None = Field(
+        default=None, description="Deliver to subscriptions no earlier than this time."
+    )
+    sequence_id: int | None = Field(
+        default=None, ge=0, description="With `producer`: checked by broker deduplication."
+    )
 
     @model_validator(mode="after")
     def _one_payload(self) -> "PublishMessage":
@@ -51,24 +70,53 @@ class PublishMessage(BaseModel):
             raise ValueError("use one of 'deliver_after_ms' or 'deliver_at', not both")
         return self
 
-    def payload(self) -> bytes:
+    def outgoing(self) -> OutgoingMessage:
         if self.data is None:
-            return orjson.dumps(self.value)
-        try:
-            return base64.b64decode(self.data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequest("'data' is not valid base64") from exc
+            payload = orjson.dumps(self.value)
+        else:
+            try:
+                payload = base64.b64decode(self.data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidRequest("'data' is not valid base64") from exc
+        return OutgoingMessage(
+            payload=payload,
+            key=self.key,
+            ordering_key=self.ordering_key,
+            properties=self.properties,
+            event_time_ms=self.event_time,
+            deliver_at_ms=self.deliver_at,
+            deliver_after_ms=self.deliver_after_ms,
+            sequence_id=self.sequence_id,
+        )
 
 
 class PublishRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     messages: list[PublishMessage] = Field(min_length=1)
+    producer: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description=(
+            "A stable producer name. With per-message `sequence_id`s and deduplication "
+            "enabled on the namespace, Pulsar drops a message whose sequence id it has "
+            "already persisted for this producer: retries become effectively-once."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _sequence_ids_need_a_producer(self) -> "PublishRequest":
+        if self.producer is None and any(m.sequence_id is not None for m in self.messages):
+            raise ValueError("'sequence_id' needs a 'producer' to belong to")
+        return self
 
 
 class PublishResult(BaseModel):
     index: int
     message_id: str | None = None
+    duplicate: bool | None = Field(
+        default=None, description="True when the broker dropped it as a duplicate sequence id."
+    )
     error: dict[str, str] | None = None
 
 
@@ -76,52 +124,130 @@ class PublishResponse(BaseModel):
     results: list[PublishResult]
 
 
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": PublishRequest.model_json_schema()},
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": (
+                "Any other Content-Type: one message whose bytes are the body. Headers: "
+                "X-Message-Key, X-Message-Ordering-Key, X-Message-Event-Time, "
+                "X-Message-Deliver-After-Ms, X-Message-Deliver-At, "
+                "X-Message-Property-{name} (names arrive lower-cased)."
+            ),
+        },
+    },
+}
+
+
 @router.post(
     "/v1/topics/{tenant}/{namespace}/{topic}/messages",
     summary="Publish messages",
+    openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
         200: {"model": PublishResponse, "description": "Every message is persisted."},
         207: {"model": PublishResponse, "description": "Some messages failed; see `error`."},
     },
 )
 async def publish(
-    body: PublishRequest,
+    request: Request,
     topic: Topic,
     pulsar: Pulsar,
     settings: AppSettings,
     metrics: AppMetrics,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="A retry with the same key and body returns the first answer and "
+            "stores nothing twice, on any replica, for GATEWAY_IDEMPOTENCY_TTL_S.",
+        ),
+    ] = None,
 ) -> JSON:
-    """Publish a batch; 200 only once the broker has persisted every message.
+    """Publish a batch (JSON) or one raw message (any other Content-Type).
 
-    If some messages fail, 207 lists an error for each of them; if all fail, the response is
-    the first failure's problem (e.g. 503). Messages keep their order within the batch.
+    200 only once the broker has persisted every message; 207 lists an error for each one
+    that failed; if all fail, the response is the first failure's problem (e.g. 503).
+    Messages keep their order within the batch.
     """
-    if len(body.messages) > settings.max_messages_per_request:
+    body = await request.body()
+    producer, messages = _parse(request.headers, body, settings)
+
+    async def run() -> Answer:
+        outcomes = await pulsar.publish(topic, messages, producer)
+        failed = sum(isinstance(o, GatewayError) for o in outcomes)
+        metrics.published.labels("persisted").inc(len(outcomes) - failed)
+        metrics.published.labels("failed").inc(failed)
+        return _answer(outcomes)
+
+    if idempotency_key is None:
+        answer = await run()
+        replayed = False
+    else:
+        fingerprint = _fingerprint(request.headers, body)
+        answer, replayed = await pulsar.idempotency.answer(topic, idempotency_key, fingerprint, run)
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSON(answer.body, status_code=answer.status, headers=headers)
+
+
+def _parse(
+    headers: Headers, body: bytes, settings: Settings
+) -> tuple[str | None, list[OutgoingMessage]]:
+    """Raises: RequestValidationError, InvalidRequest."""
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return None, [_raw_message(headers, body)]
+    try:
+        request = PublishRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+        ) from exc
+    if len(request.messages) > settings.max_messages_per_request:
         raise InvalidRequest(
-            f"{len(body.messages)} messages in one request; the limit is "
+            f"{len(request.messages)} messages in one request; the limit is "
             f"{settings.max_messages_per_request}"
         )
-    outgoing = [
-        OutgoingMessage(
-            payload=m.payload(),
-            key=m.key,
-            ordering_key=m.ordering_key,
-            properties=m.properties,
-            event_time_ms=m.event_time,
-            deliver_at_ms=m.deliver_at,
-            deliver_after_ms=m.deliver_after_ms,
-            sequence_id=m.sequence_id,
-        )
-        for m in body.messages
-    ]
-    outcomes = await pulsar.publish(topic, outgoing)
-    return _respond(outcomes, metrics)
+    return request.producer, [m.outgoing() for m in request.messages]
 
 
-def _respond(outcomes: list[Position | GatewayError], metrics: AppMetrics) -> JSON:
+def _raw_message(headers: Headers, body: bytes) -> OutgoingMessage:
+    def header_ms(name: str) -> int | None:
+        value = headers.get(name)
+        return None if value is None else parse_time(value)
+
+    after = headers.get("x-message-deliver-after-ms")
+    if after is not None and not after.isdigit():
+        raise InvalidRequest("X-Message-Deliver-After-Ms must be a whole number of ms")
+    return OutgoingMessage(
+        payload=body,
+        key=headers.get("x-message-key"),
+        ordering_key=headers.get("x-message-ordering-key"),
+        properties={
+            name.removeprefix(PROPERTY_HEADER): value
+            for name, value in headers.items()
+            if name.startswith(PROPERTY_HEADER) and len(name) > len(PROPERTY_HEADER)
+        },
+        event_time_ms=header_ms("x-message-event-time"),
+        deliver_at_ms=header_ms("x-message-deliver-at"),
+        deliver_after_ms=None if after is None else int(after),
+    )
+
+
+def _fingerprint(headers: Headers, body: bytes) -> str:
+    """What makes two requests the same: the body and every header that shapes a message."""
+    digest = hashlib.sha256(body)
+    for name, value in sorted(headers.items()):
+        if name == "content-type" or name.startswith("x-message-"):
+            digest.update(f"\n{name}:{value}".encode())
+    return digest.hexdigest()
+
+
+def _answer(outcomes: list[Outcome]) -> Answer:
     failures = [o for o in outcomes if isinstance(o, GatewayError)]
-    metrics.published.labels("persisted").inc(len(outcomes) - len(failures))
-    metrics.published.labels("failed").inc(len(failures))
     if failures and len(failures) == len(outcomes):
         raise failures[0]
     results: list[dict[str, Any]] = []
@@ -129,6 +255,8 @@ def _respond(outcomes: list[Position | GatewayError], metrics: AppMetrics) -> JS
         if isinstance(outcome, GatewayError):
             code = problem_for(outcome).code
             results.append({"index": index, "error": {"code": code, "detail": outcome.detail}})
+        elif outcome is None:
+            results.append({"index": index, "message_id": None, "duplicate": True})
         else:
             results.append({"index": index, "message_id": str(outcome)})
-    return JSON({"results": results}, status_code=207 if failures else 200)
+    return Answer(207 if failures else 200, {"results": results})

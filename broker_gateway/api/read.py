@@ -9,8 +9,24 @@ from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
 from broker_gateway.api.responses import JSON
 from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import parse_start
+from broker_gateway.pulsar.messages import render
 
 router = APIRouter(tags=["streaming"])
+
+Position = Annotated[
+    str,
+    Query(
+        description="`earliest`, `latest`, `time:{RFC 3339 | epoch ms}` (the first message "
+        "published at or after it) or a `next` cursor (exclusive: continue after it)"
+    ),
+]
+Encoding = Annotated[
+    Literal["json", "base64"],
+    Query(
+        description="`json`: JSON payloads as `value`, others as base64 `data`; "
+        "`base64`: every payload as `data`"
+    ),
+]
 
 
 class Message(BaseModel):
@@ -39,34 +55,32 @@ async def read(
     pulsar: Pulsar,
     settings: AppSettings,
     metrics: AppMetrics,
-    position: Annotated[
-        str,
-        Query(description="`earliest`, `latest`, `time:{RFC 3339 | epoch ms}` or a `next` cursor"),
-    ] = "earliest",
+    position: Position = "earliest",
     limit: Annotated[int, Query(ge=1, description="At most this many messages")] = 100,
     wait_ms: Annotated[
         int, Query(ge=0, description="Long poll: wait up to this long for a first message")
     ] = 0,
-    encoding: Annotated[
-        Literal["json", "base64"],
-        Query(description="`base64` returns every payload as `data`"),
-    ] = "json",
+    encoding: Encoding = "json",
 ) -> JSON:
-    """Read a page from `position`; `next` continues exactly after it.
+    """Read a page from `position`; `next` continues exactly after it, on any replica.
 
-    Reads use a non-durable reader: they create no subscription and move nobody's cursor.
-    `limit` may not exceed the configured maximum (422); `wait_ms` above the configured cap
-    is lowered to the cap.
+    Reads use non-durable readers: they create no subscription and move nobody's cursor.
+    On a partitioned topic the page merges partitions by publish time; order per key holds.
+    A topic that does not exist is created on first use if its namespace allows it
+    (Pulsar's auto-creation policy), else 404 `topic_not_found`.
+    `limit` above the configured maximum is 422; `wait_ms` above the cap is lowered to it.
     """
     if limit > settings.max_read_limit:
         raise InvalidRequest(f"limit {limit} is above the maximum {settings.max_read_limit}")
     start = parse_start(position)
-    page = await pulsar.read(
-        topic,
-        start,
-        limit=limit,
-        wait_s=min(wait_ms, settings.max_wait_ms) / 1000,
-        base64_only=encoding == "base64",
+    deliveries, cursor = await pulsar.read(
+        topic, start, limit=limit, wait_s=min(wait_ms, settings.max_wait_ms) / 1000
     )
-    metrics.read.inc(len(page.messages))
-    return JSON({"messages": page.messages, "next": page.next})
+    metrics.read.inc(len(deliveries))
+    base64_only = encoding == "base64"
+    return JSON(
+        {
+            "messages": [render(d.message, base64_only=base64_only) for d in deliveries],
+            "next": cursor,
+        }
+    )

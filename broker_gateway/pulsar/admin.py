@@ -9,13 +9,19 @@ from broker_gateway.errors import (
     BrokerError,
     BrokerTimeout,
     BrokerUnavailable,
+    NamespaceNotFound,
     NotFound,
+    TenantNotFound,
     TopicNotFound,
 )
 from broker_gateway.pulsar.codecs import Position, TopicName
 from broker_gateway.settings import Cluster
 
 log = logging.getLogger(__name__)
+
+
+class Conflict(BrokerError):
+    """The admin API answered 409: the resource exists already (or is in use)."""
 
 
 class PulsarAdmin:
@@ -37,20 +43,52 @@ class PulsarAdmin:
         """Raises: BrokerUnavailable or BrokerTimeout when the broker is not ready."""
         await self._request("GET", "/admin/v2/brokers/ready", timeout_s=timeout_s)
 
-    async def last_position(self, topic: TopicName) -> Position:
-        """The position of the newest message in a non-partitioned topic.
+    async def last_position(self, topic: TopicName, partition: int) -> Position:
+        """The position of the newest message in a topic, or one partition of it.
 
         Raises: TopicNotFound; BrokerUnavailable or BrokerTimeout.
         """
         try:
-            body = await self._request("GET", f"/admin/v2/persistent/{topic.path}/lastMessageId")
+            body = await self._request(
+                "GET", f"/admin/v2/persistent/{topic.partition(partition).path}/lastMessageId"
+            )
         except NotFound as exc:
             raise TopicNotFound(f"topic {topic} does not exist") from exc
         return Position(
             ledger=body["ledgerId"],
             entry=body["entryId"],
             batch_index=body.get("batchIndex", -1),
-            partition=body.get("partitionIndex", -1),
+            partition=partition,
+        )
+
+    async def explain_missing(self, topic: TopicName) -> NotFound:
+        """Which part of a topic's name does not exist: tenant, namespace or the topic.
+
+        Raises: BrokerUnavailable, BrokerTimeout, BrokerError.
+        """
+        try:
+            namespaces = await self._request("GET", f"/admin/v2/namespaces/{topic.tenant}")
+        except NotFound:
+            return TenantNotFound(f"tenant {topic.tenant!r} does not exist")
+        if f"{topic.tenant}/{topic.namespace}" not in namespaces:
+            return NamespaceNotFound(f"namespace {topic.tenant}/{topic.namespace} does not exist")
+        return TopicNotFound(
+            f"topic {topic} does not exist and its namespace does not create topics on use"
+        )
+
+    async def ensure_topic(self, topic: TopicName, *, retention_minutes: int) -> None:
+        """Create a non-partitioned topic if missing and set its retention.
+
+        Raises: BrokerUnavailable, BrokerTimeout, BrokerError.
+        """
+        try:
+            await self._request("PUT", f"/admin/v2/persistent/{topic.path}")
+        except Conflict:
+            pass
+        await self._request(
+            "POST",
+            f"/admin/v2/persistent/{topic.path}/retention",
+            json={"retentionTimeInMinutes": retention_minutes, "retentionSizeInMB": -1},
         )
 
     async def _request(
@@ -70,6 +108,8 @@ class PulsarAdmin:
             ) from exc
         if response.status_code == 404:
             raise NotFound(f"not found on cluster {name}: {path}")
+        if response.status_code == 409:
+            raise Conflict(f"already exists on cluster {name}: {path}")
         if response.status_code >= 500:
             raise BrokerUnavailable(
                 f"cluster {name} answered {response.status_code}",

@@ -36,3 +36,16 @@ def callback_for(
         loop.call_soon_threadsafe(settle, result, value)
 
     return callback
+
+
+async def has_message_available(reader: pulsar.asyncio.Reader) -> bool:
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    reader._reader.has_message_available_async(callback_for(future))
+    return await future
+
+
+async def read_next(reader: pulsar.asyncio.Reader) -> Any:
+    """The reader's next _pulsar.Message."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    reader._reader.read_next_async(callback_for(future))
+    return await future

@@ -39,6 +39,12 @@ class TopicName:
     def persistent(self) -> str:
         return f"persistent://{self.tenant}/{self.namespace}/{self.topic}"
 
+    def partition(self, index: int) -> "TopicName":
+        """One partition of a partitioned topic; NON_PARTITIONED is the topic itself."""
+        if index == NON_PARTITIONED:
+            return self
+        return TopicName(self.tenant, self.namespace, f"{self.topic}-partition-{index}")
+
     @property
     def path(self) -> str:
         """The `{tenant}/{namespace}/{topic}` form used in URLs and the admin API."""
@@ -63,6 +69,9 @@ class Position:
 
 # Before the first message of any topic: reading after it reads everything.
 EARLIEST: Final = Position(-1, -1)
+
+# The partition index of a non-partitioned topic, in positions and cursors.
+NON_PARTITIONED: Final = -1
 
 # A cursor is the position of the last message a client has seen, per partition (-1 for a
 # non-partitioned topic). Layout: version byte, then per partition the packed position.

@@ -18,31 +18,42 @@ class _Entry:
     in_flight: int = 0
 
 
-class ProducerCache:
-    """Producers keyed by full topic name. Concurrent sends to one topic share its batches."""
+# A producer is shared by every request to its topic, or named by the client: a named
+# producer carries the client's sequence ids, which Pulsar's broker deduplication checks.
+ProducerKey = tuple[str, str | None]
 
-    def __init__(self, client: pulsar.asyncio.Client, idle_timeout_s: float) -> None:
+
+class ProducerCache:
+    """Producers keyed by (topic, name). Concurrent sends to one topic share its batches."""
+
+    def __init__(
+        self, client: pulsar.asyncio.Client, idle_timeout_s: float, named_idle_timeout_s: float
+    ) -> None:
         self._client = client
         self._idle_timeout_s = idle_timeout_s
-        self._entries: dict[str, _Entry] = {}
-        self._creating: dict[str, asyncio.Task[_Entry]] = {}
+        # A named producer is exclusive to one gateway replica while open: close it soon,
+        # so the client's next request may be served by another replica.
+        self._named_idle_timeout_s = named_idle_timeout_s
+        self._entries: dict[ProducerKey, _Entry] = {}
+        self._creating: dict[ProducerKey, asyncio.Task[_Entry]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._close_idle_forever(), name="producer-reaper")
 
-    async def acquire(self, topic: str) -> _Entry:
-        """The topic's producer, marked in use until release().
+    async def acquire(self, topic: str, name: str | None = None) -> _Entry:
+        """The topic's producer (or its producer `name`), marked in use until release().
 
         Raises: PulsarException when the producer cannot be created.
         """
-        entry = self._entries.get(topic)
+        key = (topic, name)
+        entry = self._entries.get(key)
         if entry is None:
-            task = self._creating.get(topic)
+            task = self._creating.get(key)
             if task is None:
-                task = asyncio.create_task(self._create(topic), name=f"create-producer {topic}")
-                self._creating[topic] = task
-                task.add_done_callback(lambda _: self._creating.pop(topic, None))
+                task = asyncio.create_task(self._create(key), name=f"create-producer {key}")
+                self._creating[key] = task
+                task.add_done_callback(lambda _: self._creating.pop(key, None))
             # shield: one caller giving up must not cancel the creation others wait on.
             entry = await asyncio.shield(task)
         entry.in_flight += 1
@@ -54,9 +65,11 @@ class ProducerCache:
         entry.in_flight -= 1
         entry.last_used = time.monotonic()
 
-    async def _create(self, topic: str) -> _Entry:
+    async def _create(self, key: ProducerKey) -> _Entry:
+        topic, name = key
         producer = await self._client.create_producer(
             topic,
+            producer_name=name,
             batching_enabled=True,
             batching_max_publish_delay_ms=1,
             batching_max_messages=1000,
@@ -65,31 +78,34 @@ class ProducerCache:
             compression_type=pulsar.CompressionType.LZ4,
         )
         entry = _Entry(producer)
-        self._entries[topic] = entry
-        log.debug("producer created for %s", topic)
+        self._entries[key] = entry
+        log.debug("producer created for %s", key)
         return entry
 
     async def _close_idle_forever(self) -> None:
-        interval = max(self._idle_timeout_s / 4, 0.5)
+        interval = max(min(self._idle_timeout_s, self._named_idle_timeout_s) / 4, 0.25)
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             idle = [
-                topic
-                for topic, entry in self._entries.items()
-                if entry.in_flight == 0 and now - entry.last_used > self._idle_timeout_s
+                key
+                for key, entry in self._entries.items()
+                if entry.in_flight == 0 and now - entry.last_used > self._idle_limit(key)
             ]
-            for topic in idle:
-                await self._close(topic)
+            for key in idle:
+                await self._close(key)
 
-    async def _close(self, topic: str) -> None:
-        entry = self._entries.pop(topic, None)
+    def _idle_limit(self, key: ProducerKey) -> float:
+        return self._idle_timeout_s if key[1] is None else self._named_idle_timeout_s
+
+    async def _close(self, key: ProducerKey) -> None:
+        entry = self._entries.pop(key, None)
         if entry is None:
             return
         try:
             await entry.producer.close()
         except Exception as exc:  # closing is best effort: the broker drops it anyway
-            log.warning("closing producer for %s failed: %s", topic, exc)
+            log.warning("closing producer for %s failed: %s", key, exc)
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -99,4 +115,4 @@ class ProducerCache:
         for task in creating:
             task.cancel()
         await asyncio.gather(*creating, return_exceptions=True)
-        await asyncio.gather(*(self._close(topic) for topic in list(self._entries)))
+        await asyncio.gather(*(self._close(key) for key in list(self._entries)))

@@ -6,7 +6,7 @@ from typing import Any
 
 import _pulsar
 
-from broker_gateway.errors import GatewayError
+from broker_gateway.errors import BrokerTimeout, BrokerUnavailable, GatewayError
 from broker_gateway.pulsar.bridge import callback_for
 from broker_gateway.pulsar.codecs import Position, TopicName
 from broker_gateway.pulsar.errors import translate
@@ -38,14 +38,20 @@ def _epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# What publishing one message came to: its Position once persisted, None when the broker
+# dropped it as a duplicate of a sequence id it already has, else the error.
+Outcome = Position | None | GatewayError
+
+
 async def publish(
     producers: ProducerCache,
     topic: TopicName,
     messages: list[OutgoingMessage],
     *,
+    producer_name: str | None = None,
     retry_after_s: int,
-) -> list[Position | GatewayError]:
-    """Send every message; a Position for each one the broker persisted, else its error.
+) -> list[Outcome]:
+    """Send every message and report each one's outcome.
 
     Messages are handed to the producer in order before any result is awaited, so they share
     Pulsar batches and keep their order.
@@ -53,9 +59,9 @@ async def publish(
     Raises: GatewayError when the topic's producer cannot be had (nothing was sent).
     """
     try:
-        entry = await producers.acquire(topic.persistent)
+        entry = await producers.acquire(topic.persistent, producer_name)
     except Exception as exc:
-        raise translate(exc, retry_after_s) from exc
+        raise _unavailable(translate(exc, retry_after_s), retry_after_s) from exc
     loop = asyncio.get_running_loop()
     try:
         futures: list[asyncio.Future[Any]] = []
@@ -66,9 +72,38 @@ async def publish(
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
     finally:
         producers.release(entry)
-    return [
-        translate(outcome, retry_after_s)
-        if isinstance(outcome, BaseException)
-        else position_of(outcome)
-        for outcome in outcomes
-    ]
+    return [_outcome(outcome, retry_after_s) for outcome in outcomes]
+
+
+async def send_one(
+    producers: ProducerCache, topic: TopicName, payload: bytes, key: str, retry_after_s: int
+) -> Position:
+    """Publish one message and wait until it is persisted.
+
+    Raises: GatewayError.
+    """
+    [outcome] = await publish(
+        producers, topic, [OutgoingMessage(payload, key=key)], retry_after_s=retry_after_s
+    )
+    if isinstance(outcome, GatewayError):
+        raise outcome
+    assert outcome is not None  # only named producers see duplicates
+    return outcome
+
+
+def _outcome(outcome: Any, retry_after_s: int) -> Outcome:
+    if isinstance(outcome, BaseException):
+        return translate(outcome, retry_after_s)
+    position = position_of(outcome)
+    return None if position.ledger < 0 else position
+
+
+def _unavailable(error: GatewayError, retry_after_s: int) -> GatewayError:
+    """Not reaching the broker in time to create a producer is unavailability: nothing
+    was sent, so a retry is safe (unlike a timeout on a send)."""
+    if isinstance(error, BrokerTimeout):
+        return BrokerUnavailable(
+            f"the broker did not accept a producer in time ({error.detail})",
+            retry_after_s=retry_after_s,
+        )
+    return error

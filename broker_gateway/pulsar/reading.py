@@ -1,6 +1,14 @@
-"""Stateless reads: a non-durable reader per request, so nobody's cursor moves."""
+"""Stateless reads: non-durable readers, one per partition, so nobody's cursor moves.
+
+A TopicReader serves a paged read (open, one batch, close) and a live stream (open, batch
+after batch, close on disconnect) alike. Its position is a cursor: per partition, the last
+message handed out. A message read from Pulsar but not handed out (a page's limit reached,
+a deadline passed) is not in the cursor, so the next read returns it.
+"""
 
 import asyncio
+import heapq
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -8,102 +16,188 @@ from typing import Any
 import pulsar
 import pulsar.asyncio
 
+from broker_gateway.errors import TopicNotFound
 from broker_gateway.pulsar.admin import PulsarAdmin
-from broker_gateway.pulsar.bridge import callback_for
-from broker_gateway.pulsar.codecs import EARLIEST, Position, Start, TopicName, encode_cursor
-from broker_gateway.pulsar.messages import position_of, render, to_message_id
+from broker_gateway.pulsar.bridge import callback_for, has_message_available, read_next
+from broker_gateway.pulsar.codecs import (
+    EARLIEST,
+    NON_PARTITIONED,
+    Position,
+    Start,
+    TopicName,
+    encode_cursor,
+)
+from broker_gateway.pulsar.messages import position_of, to_message_id
 
 log = logging.getLogger(__name__)
 
-_NON_PARTITIONED = -1
-
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    messages: list[dict[str, Any]]
-    next: str
+class Delivery:
+    """A message handed out, with the cursor that continues right after it."""
+
+    message: Any  # _pulsar.Message
+    cursor: str
 
 
-async def read_page(
-    client: pulsar.asyncio.Client,
-    admin: PulsarAdmin,
-    topic: TopicName,
-    start: Start,
-    *,
-    limit: int,
-    wait_s: float,
-    base64_only: bool = False,
-) -> Page:
-    """Up to `limit` messages from `start`, waiting up to `wait_s` for the first one.
+class _PartitionReader:
+    """One partition's reader, with the messages it has read but not handed out."""
 
-    Raises: TopicNotFound (latest/time on a missing topic); PulsarException from the client.
-    """
-    # The position this page continues from if it returns nothing. For `latest` and `time`
-    # it is read before the reader starts, so a message published meanwhile is not skipped.
-    after: Position
-    if start.kind == "after":
-        assert start.after is not None
-        after = start.after.get(_NON_PARTITIONED, EARLIEST)
-    elif start.kind in ("latest", "time"):
-        after = await admin.last_position(topic)
-    else:
-        after = EARLIEST
+    def __init__(self, partition: int, reader: pulsar.asyncio.Reader, after: Position) -> None:
+        self.partition = partition
+        self.reader = reader
+        self.after = after
+        self.buffer: list[Any] = []
+        self._pending: asyncio.Future[Any] | None = None
 
-    start_id = (
-        pulsar.MessageId.earliest if start.kind in ("earliest", "time") else to_message_id(after)
-    )
-    reader = await client.create_reader(
-        topic.persistent,
-        start_id,
-        receiver_queue_size=min(limit, 1000),
-        start_message_id_inclusive=False,
-    )
-    messages: list[dict[str, Any]] = []
+    async def fill(self, limit: int) -> None:
+        """Buffer what the partition has available now, up to `limit` messages."""
+        while len(self.buffer) < limit:
+            if self._pending is not None:
+                if not self._pending.done():
+                    return
+                self._take_pending()
+                continue
+            if not await has_message_available(self.reader):
+                return
+            self.buffer.append(await read_next(self.reader))
+
+    def arrival(self) -> "asyncio.Future[Any]":
+        """A future that completes when the next message arrives (it is kept, not lost)."""
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().create_future()
+            self.reader._reader.read_next_async(callback_for(self._pending))
+        return self._pending
+
+    def _take_pending(self) -> None:
+        assert self._pending is not None
+        future, self._pending = self._pending, None
+        self.buffer.append(future.result())
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        try:
+            await asyncio.shield(self.reader.close())
+        except Exception as exc:
+            log.warning("closing reader on %s failed: %s", self.reader.topic(), exc)
+
+
+class TopicReader:
+    """Reads a topic, partitioned or not, from a start position."""
+
+    def __init__(self, partitions: list[_PartitionReader]) -> None:
+        self._partitions = partitions
+        self._positions = {p.partition: p.after for p in partitions}
+
+    @classmethod
+    async def open(
+        cls,
+        client: pulsar.asyncio.Client,
+        admin: PulsarAdmin,
+        topic: TopicName,
+        start: Start,
+        *,
+        queue_size: int,
+    ) -> "TopicReader":
+        """Raises: TopicNotFound; PulsarException from the client."""
+        names = await client.get_topic_partitions(topic.persistent)
+        partitions = [_partition_index(name) for name in names]
+        # For `latest` and `time`, the end of each partition is read before the readers
+        # start: it is where the cursor stands if nothing is handed out, so a message
+        # published meanwhile is not skipped.
+        if start.kind in ("latest", "time"):
+            ends = await asyncio.gather(*(_end_of(admin, topic, p) for p in partitions))
+            afters = dict(zip(partitions, ends, strict=True))
+        elif start.kind == "after":
+            assert start.after is not None
+            afters = {p: start.after.get(p, EARLIEST) for p in partitions}
+        else:
+            afters = dict.fromkeys(partitions, EARLIEST)
+
+        async def open_partition(name: str, partition: int) -> _PartitionReader:
+            after = afters[partition]
+            start_id = (
+                pulsar.MessageId.earliest
+                if start.kind == "time" or after == EARLIEST
+                else to_message_id(after)
+            )
+            reader = await client.create_reader(
+                name,
+                start_id,
+                receiver_queue_size=queue_size,
+                start_message_id_inclusive=False,
+            )
+            if start.kind == "time":
+                assert start.time_ms is not None
+                await reader.seek(start.time_ms)
+            return _PartitionReader(partition, reader, after)
+
+        opened = await asyncio.gather(
+            *(open_partition(n, p) for n, p in zip(names, partitions, strict=True)),
+            return_exceptions=True,
+        )
+        readers = [r for r in opened if isinstance(r, _PartitionReader)]
+        failure = next((r for r in opened if isinstance(r, BaseException)), None)
+        if failure is not None:
+            await asyncio.gather(*(r.close() for r in readers))
+            raise failure
+        return cls(readers)
+
+    @property
+    def cursor(self) -> str:
+        return encode_cursor(self._positions)
+
+    async def read(self, limit: int, wait_s: float) -> list[Delivery]:
+        """Up to `limit` messages, oldest publish time first across partitions.
+
+        Waits up to `wait_s` for a first message when none is available.
+        """
+        await self._fill(limit)
+        if not any(p.buffer for p in self._partitions) and wait_s > 0:
+            arrivals = [p.arrival() for p in self._partitions]
+            await asyncio.wait(arrivals, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            await self._fill(limit)
+        return self._take(limit)
+
+    async def _fill(self, limit: int) -> None:
+        await asyncio.gather(*(p.fill(limit) for p in self._partitions))
+
+    def _take(self, limit: int) -> list[Delivery]:
+        """Hand out up to `limit` buffered messages, merged by publish time.
+
+        Within a partition the order is Pulsar's; the cursor moves past each one handed out.
+        """
+        streams = [
+            [(m.publish_timestamp(), i, m) for m in p.buffer]
+            for i, p in enumerate(self._partitions)
+            if p.buffer
+        ]
+        merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
+        deliveries: list[Delivery] = []
+        taken = [0] * len(self._partitions)
+        for _, index, message in itertools.islice(merged, limit):
+            taken[index] += 1
+            partition = self._partitions[index].partition
+            self._positions[partition] = position_of(message.message_id())
+            deliveries.append(Delivery(message, self.cursor))
+        for partition_reader, count in zip(self._partitions, taken, strict=True):
+            del partition_reader.buffer[:count]
+        return deliveries
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self._partitions))
+
+
+async def _end_of(admin: PulsarAdmin, topic: TopicName, partition: int) -> Position:
+    """The last message's position; a topic not created yet ends where it starts (its
+    reader then creates it, or fails, as the namespace's auto-creation policy says)."""
     try:
-        if start.kind == "time":
-            assert start.time_ms is not None
-            await reader.seek(start.time_ms)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while len(messages) < limit:
-            if await _has_message_available(reader):
-                message = await _read_next(reader)
-            else:
-                remaining = deadline - loop.time()
-                if messages or remaining <= 0:
-                    break
-                message = await _read_next(reader, timeout_s=remaining)
-                if message is None:
-                    break
-            messages.append(render(message, base64_only=base64_only))
-            after = position_of(message.message_id())
-    finally:
-        await _close_quietly(reader)
-    return Page(messages, encode_cursor({_NON_PARTITIONED: after}))
+        return await admin.last_position(topic, partition)
+    except TopicNotFound:
+        return EARLIEST
 
 
-async def _has_message_available(reader: pulsar.asyncio.Reader) -> bool:
-    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    reader._reader.has_message_available_async(callback_for(future))
-    return await future
-
-
-async def _read_next(reader: pulsar.asyncio.Reader, timeout_s: float | None = None) -> Any:
-    """The next _pulsar.Message, or None when `timeout_s` passes first.
-
-    A message that arrives after the deadline is left behind: the reader is closed right
-    after and the page's cursor does not cover it, so the next read returns it.
-    """
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    reader._reader.read_next_async(callback_for(future))
-    try:
-        return await asyncio.wait_for(future, timeout_s)
-    except TimeoutError:
-        return None
-
-
-async def _close_quietly(reader: pulsar.asyncio.Reader) -> None:
-    try:
-        await asyncio.shield(reader.close())
-    except Exception as exc:
-        log.warning("closing reader on %s failed: %s", reader.topic(), exc)
+def _partition_index(name: str) -> int:
+    _, sep, suffix = name.rpartition("-partition-")
+    return int(suffix) if sep and suffix.isdigit() else NON_PARTITIONED

@@ -1,21 +1,27 @@
-"""The gateway's connection to Pulsar: client, producers and admin clients, opened once."""
+"""The gateway's connection to Pulsar: client, producers, admin clients, opened once."""
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
-import pulsar
 import pulsar.asyncio
 
-from broker_gateway.errors import GatewayError
-from broker_gateway.pulsar import publishing, reading
+from broker_gateway.errors import GatewayError, TopicNotFound
+from broker_gateway.pulsar import publishing
 from broker_gateway.pulsar.admin import PulsarAdmin
-from broker_gateway.pulsar.codecs import Position, Start, TopicName
+from broker_gateway.pulsar.codecs import Start, TopicName
 from broker_gateway.pulsar.errors import is_pulsar_error, translate
+from broker_gateway.pulsar.idempotency import IdempotencyStore
 from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.producers import ProducerCache
+from broker_gateway.pulsar.reading import Delivery, TopicReader
 from broker_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class PulsarService:
@@ -41,12 +47,25 @@ class PulsarService:
             for c in settings.clusters
         }
         self.admin = self.admins[cluster.name]
-        self.producers = ProducerCache(self.client, settings.producer_idle_timeout_s)
+        self.producers = ProducerCache(
+            self.client, settings.producer_idle_timeout_s, settings.named_producer_idle_timeout_s
+        )
+        self.idempotency = IdempotencyStore(
+            self.client,
+            self.admin,
+            self.producers,
+            TopicName.parse(*settings.idempotency_topic.split("/")),
+            ttl_s=settings.idempotency_ttl_s,
+            wait_ready_s=settings.pulsar_operation_timeout_s,
+            retry_after_s=self._retry_after_s,
+        )
 
     async def open(self) -> None:
         self.producers.start()
+        self.idempotency.start()
 
     async def close(self) -> None:
+        await self.idempotency.close()
         await self.producers.close()
         for admin in self.admins.values():
             await admin.close()
@@ -67,28 +86,65 @@ class PulsarService:
         return dict(zip(names, results, strict=True))
 
     async def publish(
-        self, topic: TopicName, messages: list[OutgoingMessage]
-    ) -> list[Position | GatewayError]:
+        self, topic: TopicName, messages: list[OutgoingMessage], producer_name: str | None
+    ) -> list[publishing.Outcome]:
         """Raises: GatewayError when nothing could be sent."""
-        return await publishing.publish(
-            self.producers, topic, messages, retry_after_s=self._retry_after_s
+        return await self._on(
+            topic,
+            lambda: publishing.publish(
+                self.producers,
+                topic,
+                messages,
+                producer_name=producer_name,
+                retry_after_s=self._retry_after_s,
+            ),
         )
 
     async def read(
-        self, topic: TopicName, start: Start, *, limit: int, wait_s: float, base64_only: bool
-    ) -> reading.Page:
-        """Raises: GatewayError (TopicNotFound, BrokerUnavailable, BrokerTimeout, ...)."""
+        self, topic: TopicName, start: Start, *, limit: int, wait_s: float
+    ) -> tuple[list[Delivery], str]:
+        """A page of messages and the cursor after it.
+
+        Raises: GatewayError (TopicNotFound, BrokerUnavailable, BrokerTimeout, ...).
+        """
+        async with self.reader(topic, start, queue_size=min(limit, 1000)) as reader:
+            deliveries = await self.next_batch(topic, reader, limit, wait_s)
+            return deliveries, reader.cursor
+
+    async def next_batch(
+        self, topic: TopicName, reader: TopicReader, limit: int, wait_s: float
+    ) -> list[Delivery]:
+        """Raises: GatewayError."""
+        return await self._on(topic, lambda: reader.read(limit, wait_s))
+
+    @asynccontextmanager
+    async def reader(
+        self, topic: TopicName, start: Start, *, queue_size: int
+    ) -> AsyncIterator[TopicReader]:
+        """A TopicReader that is closed on leaving, however the caller leaves.
+
+        Raises: GatewayError.
+        """
+        reader = await self._on(
+            topic,
+            lambda: TopicReader.open(self.client, self.admin, topic, start, queue_size=queue_size),
+        )
         try:
-            return await reading.read_page(
-                self.client,
-                self.admin,
-                topic,
-                start,
-                limit=limit,
-                wait_s=wait_s,
-                base64_only=base64_only,
-            )
+            yield reader
+        finally:
+            await reader.close()
+
+    async def _on(self, topic: TopicName, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a Pulsar operation on `topic`, with its errors as the gateway's.
+
+        A missing topic is narrowed down to the tenant or namespace that is missing.
+        """
+        try:
+            return await operation()
         except Exception as exc:
-            if is_pulsar_error(exc):
-                raise translate(exc, self._retry_after_s) from exc
-            raise
+            if not (is_pulsar_error(exc) or isinstance(exc, GatewayError)):
+                raise
+            error = translate(exc, self._retry_after_s)
+        if isinstance(error, TopicNotFound):
+            error = await self.admin.explain_missing(topic)
+        raise error

@@ -153,3 +153,21 @@ def native(pulsar_cluster: PulsarCluster) -> Iterator[pulsar.Client]:
 def topic() -> str:
     """A fresh topic path per test, so tests run in any order."""
     return f"public/default/t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def admin(pulsar_cluster: PulsarCluster) -> Iterator[httpx.Client]:
+    """Pulsar's admin REST API, to set up namespaces and inspect what the gateway did."""
+    with httpx.Client(base_url=f"{pulsar_cluster.admin_url}/admin/v2", timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def namespace(admin: httpx.Client) -> Iterator[str]:
+    """A fresh namespace in `public`, deleted afterwards."""
+    name = f"public/ns-{uuid.uuid4().hex[:10]}"
+    admin.put(f"/namespaces/{name}").raise_for_status()
+    try:
+        yield name
+    finally:
+        admin.delete(f"/namespaces/{name}", params={"force": "true"})

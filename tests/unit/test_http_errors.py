@@ -15,7 +15,12 @@ TOPIC_URL = "/v1/topics/acme/orders/created/messages"
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    settings = Settings(clusters=[DOWN], max_body_bytes=2048, max_messages_per_request=3)
+    settings = Settings(
+        clusters=[DOWN],
+        max_body_bytes=2048,
+        max_messages_per_request=3,
+        pulsar_operation_timeout_s=2,
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
@@ -117,3 +122,18 @@ def test_docs_work_offline(client: TestClient) -> None:
         assert f"/docs/assets/{asset}" in page.text
         assert client.get(f"/docs/assets/{asset}").status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "broker-gateway"
+
+
+def test_read_while_pulsar_is_down_is_503_with_retry_after(client: TestClient) -> None:
+    response = client.get(TOPIC_URL, params={"position": "earliest"})
+    assert response.status_code in (503, 504), response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"].isdigit()
+
+
+def test_idempotency_key_while_its_store_cannot_load_is_503(client: TestClient) -> None:
+    response = client.post(
+        TOPIC_URL, json={"messages": [{"value": 1}]}, headers={"Idempotency-Key": "k"}
+    )
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "broker_unavailable"

@@ -1,0 +1,121 @@
+"""GET /v1/topics/{tenant}/{namespace}/{topic}/stream: follow a topic live."""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
+from broker_gateway.api.read import Encoding, Position
+from broker_gateway.errors import GatewayError, problem_body, problem_for
+from broker_gateway.pulsar.codecs import parse_start
+from broker_gateway.pulsar.messages import render
+from broker_gateway.pulsar.reading import Delivery
+
+router = APIRouter(tags=["streaming"])
+
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+BATCH = 100
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that runs `cleanup` however it ends (done, error, disconnect)."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        cleanup: Callable[[], Awaitable[None]],
+        media_type: str,
+    ) -> None:
+        super().__init__(
+            content,
+            media_type=media_type,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
+
+
+@router.get(
+    "/v1/topics/{tenant}/{namespace}/{topic}/stream",
+    summary="Follow a topic live",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events, or NDJSON with `Accept: application/x-ndjson`",
+            "content": {
+                SSE: {"schema": {"type": "string"}},
+                NDJSON: {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def stream(
+    request: Request,
+    topic: Topic,
+    pulsar: Pulsar,
+    settings: AppSettings,
+    metrics: AppMetrics,
+    position: Position = "latest",
+    encoding: Encoding = "json",
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Resume exactly after this event's cursor"),
+    ] = None,
+) -> StreamingResponse:
+    """Follow a topic from `position` (default `latest`) as messages arrive.
+
+    SSE: each event's `id:` is the cursor after its message and `data:` is one Message;
+    reconnecting with `Last-Event-ID` resumes with no gap and no repeat. NDJSON: one Message
+    per line, with its `cursor`. Idle connections get a heartbeat (an SSE comment, or an
+    empty NDJSON line) every GATEWAY_STREAM_HEARTBEAT_S. An error after the stream started
+    ends it with a final `event: error` (NDJSON: an `{"error": problem}` line).
+    """
+    start = parse_start(last_event_id or position)
+    ndjson = NDJSON in request.headers.get("accept", "")
+    stack = AsyncExitStack()
+    # Opened before the response starts, so a bad topic is still a 404 and not an event.
+    reader = await stack.enter_async_context(pulsar.reader(topic, start, queue_size=BATCH))
+    encode = _ndjson if ndjson else _sse
+    base64_only = encoding == "base64"
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"\n" if ndjson else b": connected\n\n"
+        try:
+            while True:
+                batch = await pulsar.next_batch(topic, reader, BATCH, settings.stream_heartbeat_s)
+                metrics.read.inc(len(batch))
+                if not batch:
+                    yield b"\n" if ndjson else b": heartbeat\n\n"
+                    continue
+                yield b"".join(encode(d, base64_only) for d in batch)
+        except GatewayError as exc:
+            body = problem_body(problem_for(exc), exc.detail)
+            yield (
+                orjson.dumps({"error": body}) + b"\n"
+                if ndjson
+                else b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+            )
+
+    return _Stream(events(), stack.aclose, NDJSON if ndjson else SSE)
+
+
+def _sse(delivery: Delivery, base64_only: bool) -> bytes:
+    data = orjson.dumps(render(delivery.message, base64_only=base64_only))
+    return b"id: " + delivery.cursor.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _ndjson(delivery: Delivery, base64_only: bool) -> bytes:
+    message = render(delivery.message, base64_only=base64_only)
+    message["cursor"] = delivery.cursor
+    return orjson.dumps(message) + b"\n"
