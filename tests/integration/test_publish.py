@@ -1,6 +1,7 @@
 """Publishing over HTTP: batches, raw bodies, delays, idempotency, deduplication, errors."""
 
 import base64
+import os
 import time
 import uuid
 
@@ -213,3 +214,26 @@ def test_idle_producers_are_closed(pulsar_cluster: PulsarCluster, admin: httpx.C
             time.sleep(0.5)
     finally:
         stop_gateway(gateway)
+
+
+def test_a_message_pulsar_rejects_fails_alone_with_207(
+    pulsar_cluster: PulsarCluster, topic: str
+) -> None:
+    # Random bytes: LZ4 cannot shrink them under Pulsar's 5 MiB message limit.
+    too_big = base64.b64encode(os.urandom(6 * 1024 * 1024)).decode()
+    gateway = start_gateway(pulsar_cluster, max_body_bytes=str(16 * 1024 * 1024))
+    try:
+        response = httpx.post(
+            f"{gateway.url}/v1/topics/{topic}/messages",
+            json={"messages": [{"value": "small"}, {"data": too_big}, {"value": "also small"}]},
+            timeout=60,
+        )
+        with httpx.Client(base_url=gateway.url) as http:
+            stored = read_all(http, topic)
+    finally:
+        stop_gateway(gateway)
+    assert response.status_code == 207, response.text
+    ok, failed, ok_again = response.json()["results"]
+    assert ok["message_id"] and ok_again["message_id"]
+    assert failed["error"]["code"] == "payload_too_large"
+    assert [m["value"] for m in stored] == ["small", "also small"]

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from tests.integration.conftest import PulsarCluster, start_gateway, stop_gateway
+
 MESSAGES = 10_000
 KEYS = 50
 
@@ -157,3 +159,19 @@ def test_limit_above_the_maximum_is_invalid(http: httpx.Client, topic: str) -> N
     response = http.get(f"/v1/topics/{topic}/messages", params={"limit": 1_000_000})
     assert response.status_code == 422
     assert response.json()["code"] == "invalid_request"
+
+
+def test_a_cursor_from_one_replica_continues_on_another(
+    http: httpx.Client, pulsar_cluster: PulsarCluster, topic: str
+) -> None:
+    publish_keyed(http, topic, 30, batch=30)
+    first = http.get(f"/v1/topics/{topic}/messages", params={"limit": 10}).json()
+    other = start_gateway(pulsar_cluster)
+    try:
+        rest = httpx.get(
+            f"{other.url}/v1/topics/{topic}/messages", params={"position": first["next"]}
+        ).json()
+    finally:
+        stop_gateway(other)
+    numbers = [m["value"]["n"] for m in first["messages"] + rest["messages"]]
+    assert numbers == list(range(30))
