@@ -17,7 +17,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker_gateway import __version__
-from broker_gateway.api import health, publish, read, stream
+from broker_gateway.api import health, publish, queue, read, stream
 from broker_gateway.api.responses import ProblemJSON
 from broker_gateway.errors import (
     HTTP_STATUS_CODES,
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    for router in (health.router, publish.router, read.router, stream.router):
+    for router in (health.router, publish.router, read.router, stream.router, queue.router):
         app.include_router(router)
     _install_error_handlers(app)
     _install_docs(app)

@@ -1,6 +1,6 @@
 """The gateway's configuration: one class, read from `GATEWAY_*` environment variables."""
 
-from pydantic import BaseModel, Field, HttpUrl, field_validator
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +66,19 @@ class Settings(BaseSettings):
 
     # Live streams send a heartbeat after this long without a message.
     stream_heartbeat_s: float = Field(default=15.0, gt=0)
+
+    # Work queues. Receipts are signed with this secret: give every replica the same one.
+    # Unset, each process makes its own, and its receipts work on it alone.
+    receipt_secret: SecretStr | None = None
+    max_pull_messages: int = Field(default=1000, ge=1)
+    # After this long without a pull, a replica hands back messages that reached it for no
+    # waiting pull (it replaces its consumer), so workers on other replicas get them.
+    queue_handoff_s: float = Field(default=1.0, gt=0)
+    # A replica closes its consumers on a subscription unused this long (nothing leased).
+    # Pulsar keeps delivery counts while a subscription has a consumer on some replica.
+    queue_consumer_idle_timeout_s: float = Field(default=300.0, gt=0)
+    # Replicas forward nacks and extensions to the one holding a lease over this topic.
+    control_topic: str = "persistent://public/default/broker-gateway-control"
 
     @property
     def data_cluster(self) -> Cluster:

@@ -91,6 +91,87 @@ class PulsarAdmin:
             json={"retentionTimeInMinutes": retention_minutes, "retentionSizeInMB": -1},
         )
 
+    async def partitions(self, topic: TopicName) -> int:
+        """The topic's partition count; 0 for a non-partitioned (or missing) topic."""
+        body = await self._request("GET", f"/admin/v2/persistent/{topic.path}/partitions")
+        return int(body.get("partitions", 0))
+
+    async def subscription_properties(self, topic: TopicName, subscription: str) -> dict[str, str]:
+        """Raises: NotFound when the topic or the subscription does not exist."""
+        properties: dict[str, str] = await self._request(
+            "GET", f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/properties"
+        )
+        return properties
+
+    async def create_subscription(
+        self, topic: TopicName, subscription: str, *, earliest: bool, properties: dict[str, str]
+    ) -> None:
+        """Raises: NotFound (no such topic); Conflict (it exists already)."""
+        end = -1 if earliest else 2**63 - 1
+        await self._request(
+            "PUT",
+            f"/admin/v2/persistent/{topic.path}/subscription/{subscription}",
+            json={"ledgerId": end, "entryId": end, "properties": properties},
+        )
+
+    async def set_subscription_properties(
+        self, topic: TopicName, subscription: str, properties: dict[str, str]
+    ) -> None:
+        await self._request(
+            "PUT",
+            f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/properties",
+            json=properties,
+        )
+
+    async def delete_subscription(self, topic: TopicName, subscription: str) -> None:
+        """Raises: NotFound."""
+        await self._request(
+            "DELETE",
+            f"/admin/v2/persistent/{topic.path}/subscription/{subscription}",
+            params={"force": "true"},
+        )
+
+    async def topic_stats(self, topic: TopicName) -> dict[str, Any]:
+        """Stats of a topic, aggregated over partitions. Raises: NotFound."""
+        partitioned = await self.partitions(topic) > 0
+        path = "partitioned-stats" if partitioned else "stats"
+        stats: dict[str, Any] = await self._request(
+            "GET",
+            f"/admin/v2/persistent/{topic.path}/{path}",
+            params={"getEarliestTimeInBacklog": "true", "getPreciseBacklog": "true"},
+        )
+        return stats
+
+    async def reset_subscription_to_time(
+        self, topic: TopicName, subscription: str, time_ms: int
+    ) -> None:
+        await self._request(
+            "POST",
+            f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/resetcursor/{time_ms}",
+        )
+
+    async def reset_subscription_after(
+        self, topic: TopicName, subscription: str, position: Position
+    ) -> None:
+        """Point the subscription just after `position` (in its partition)."""
+        await self._request(
+            "POST",
+            f"/admin/v2/persistent/{topic.partition(position.partition).path}"
+            f"/subscription/{subscription}/resetcursor",
+            json={
+                "ledgerId": position.ledger,
+                "entryId": position.entry,
+                "batchIndex": position.batch_index,
+                "partitionIndex": position.partition,
+                "isExcluded": True,
+            },
+        )
+
+    async def skip_all(self, topic: TopicName, subscription: str) -> None:
+        await self._request(
+            "POST", f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/skip_all"
+        )
+
     async def _request(
         self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
     ) -> Any:

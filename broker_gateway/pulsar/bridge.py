@@ -49,3 +49,19 @@ async def read_next(reader: pulsar.asyncio.Reader) -> Any:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     reader._reader.read_next_async(callback_for(future))
     return await future
+
+
+async def receive(
+    consumer: pulsar.asyncio.Consumer, timeout_s: float, on_late: LateHandler | None = None
+) -> Any:
+    """The consumer's next _pulsar.Message, or None after `timeout_s`.
+
+    A message arriving after that goes to `on_late`; without one it stays unacknowledged,
+    and Pulsar redelivers it once the consumer closes.
+    """
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    consumer._consumer.receive_async(callback_for(future, on_late))
+    try:
+        return await asyncio.wait_for(future, timeout_s)
+    except TimeoutError:
+        return None

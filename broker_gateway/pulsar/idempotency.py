@@ -27,8 +27,9 @@ from broker_gateway.errors import BrokerUnavailable, GatewayError, IdempotencyKe
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.bridge import has_message_available, read_next
 from broker_gateway.pulsar.codecs import TopicName
+from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.producers import ProducerCache
-from broker_gateway.pulsar.publishing import send_one
+from broker_gateway.pulsar.publishing import send
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,12 @@ class IdempotencyStore:
         )
         self._remember(key, record)
         try:
-            await send_one(self._producers, self._topic, payload, key, self._retry_after_s)
+            await send(
+                self._producers,
+                self._topic,
+                OutgoingMessage(payload, key=key),
+                retry_after_s=self._retry_after_s,
+            )
         except GatewayError as exc:
             # The messages are in Pulsar and the client gets its answer; only a retry on
             # another replica (or after a restart) would publish again.

@@ -76,6 +76,8 @@ class ProducerCache:
             max_pending_messages=10_000,
             block_if_queue_full=False,
             compression_type=pulsar.CompressionType.LZ4,
+            # One key per batch: Key_Shared subscriptions dispatch a batch by its key.
+            batching_type=pulsar.BatchingType.KeyBased,
         )
         entry = _Entry(producer)
         self._entries[key] = entry

@@ -75,16 +75,14 @@ async def publish(
     return [_outcome(outcome, retry_after_s) for outcome in outcomes]
 
 
-async def send_one(
-    producers: ProducerCache, topic: TopicName, payload: bytes, key: str, retry_after_s: int
+async def send(
+    producers: ProducerCache, topic: TopicName, message: OutgoingMessage, *, retry_after_s: int
 ) -> Position:
     """Publish one message and wait until it is persisted.
 
     Raises: GatewayError.
     """
-    [outcome] = await publish(
-        producers, topic, [OutgoingMessage(payload, key=key)], retry_after_s=retry_after_s
-    )
+    [outcome] = await publish(producers, topic, [message], retry_after_s=retry_after_s)
     if isinstance(outcome, GatewayError):
         raise outcome
     assert outcome is not None  # only named producers see duplicates

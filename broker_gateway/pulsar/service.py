@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -16,10 +17,23 @@ from broker_gateway.pulsar.errors import is_pulsar_error, translate
 from broker_gateway.pulsar.idempotency import IdempotencyStore
 from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.producers import ProducerCache
+from broker_gateway.pulsar.queues import QueueService
 from broker_gateway.pulsar.reading import Delivery, TopicReader
+from broker_gateway.pulsar.receipts import ReceiptSigner
 from broker_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _receipt_secret(settings: Settings) -> bytes:
+    if settings.receipt_secret is not None:
+        return settings.receipt_secret.get_secret_value().encode()
+    log.warning(
+        "GATEWAY_RECEIPT_SECRET is not set: receipts from this process work on it alone; "
+        "give every replica the same secret"
+    )
+    return os.urandom(32)
+
 
 T = TypeVar("T")
 
@@ -60,11 +74,24 @@ class PulsarService:
             retry_after_s=self._retry_after_s,
         )
 
+        self.queues = QueueService(
+            self.client,
+            self.admin,
+            self.producers,
+            ReceiptSigner(_receipt_secret(settings)),
+            settings.control_topic,
+            idle_timeout_s=settings.queue_consumer_idle_timeout_s,
+            handoff_s=settings.queue_handoff_s,
+            retry_after_s=self._retry_after_s,
+        )
+
     async def open(self) -> None:
         self.producers.start()
         self.idempotency.start()
+        self.queues.start()
 
     async def close(self) -> None:
+        await self.queues.close()
         await self.idempotency.close()
         await self.producers.close()
         for admin in self.admins.values():
@@ -89,7 +116,7 @@ class PulsarService:
         self, topic: TopicName, messages: list[OutgoingMessage], producer_name: str | None
     ) -> list[publishing.Outcome]:
         """Raises: GatewayError when nothing could be sent."""
-        return await self._on(
+        return await self.on_topic(
             topic,
             lambda: publishing.publish(
                 self.producers,
@@ -115,7 +142,7 @@ class PulsarService:
         self, topic: TopicName, reader: TopicReader, limit: int, wait_s: float
     ) -> list[Delivery]:
         """Raises: GatewayError."""
-        return await self._on(topic, lambda: reader.read(limit, wait_s))
+        return await self.on_topic(topic, lambda: reader.read(limit, wait_s))
 
     @asynccontextmanager
     async def reader(
@@ -125,7 +152,7 @@ class PulsarService:
 
         Raises: GatewayError.
         """
-        reader = await self._on(
+        reader = await self.on_topic(
             topic,
             lambda: TopicReader.open(self.client, self.admin, topic, start, queue_size=queue_size),
         )
@@ -134,7 +161,7 @@ class PulsarService:
         finally:
             await reader.close()
 
-    async def _on(self, topic: TopicName, operation: Callable[[], Awaitable[T]]) -> T:
+    async def on_topic(self, topic: TopicName, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a Pulsar operation on `topic`, with its errors as the gateway's.
 
         A missing topic is narrowed down to the tenant or namespace that is missing.

@@ -1,0 +1,252 @@
+"""Work-queue subscriptions: configure, pull, ack, nack, extend, seek, redrive."""
+
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
+from broker_gateway.api.read import Message
+from broker_gateway.api.responses import JSON
+from broker_gateway.errors import InvalidRequest
+from broker_gateway.pulsar.codecs import TopicName, parse_start
+from broker_gateway.pulsar.messages import render
+from broker_gateway.pulsar.queues import Outcome
+from broker_gateway.pulsar.subscriptions import SubscriptionConfig
+
+router = APIRouter(tags=["work queues"])
+
+BASE = "/v1/topics/{tenant}/{namespace}/{topic}/subscriptions/{subscription}"
+Subscription = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_.=:-]{1,255}$", description="Subscription name")
+]
+Receipts = Annotated[list[str], Field(min_length=1, max_length=10_000)]
+
+
+class SubscriptionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["shared", "key_shared"] = Field(
+        default="shared",
+        description="`key_shared`: per-key order, never two messages of one key out at once.",
+    )
+    initial_position: Literal["earliest", "latest"] = Field(
+        default="latest", description="Where a new subscription starts. Ignored on update."
+    )
+    ack_deadline_ms: int = Field(default=30_000, ge=100, le=12 * 3600 * 1000)
+    max_deliveries: int | None = Field(
+        default=None, ge=1, description="After this many deliveries, to the dead-letter topic."
+    )
+    dead_letter_topic: str | None = Field(
+        default=None,
+        description="{tenant}/{namespace}/{topic} in the same tenant; "
+        "default {topic}-{subscription}-DLQ",
+    )
+    retry_backoff_ms: tuple[int, int] = Field(
+        default=(1_000, 60_000),
+        description="[min, max] delay before a nacked message (without `delay_ms`) returns; "
+        "doubles with each delivery.",
+    )
+
+    @field_validator("retry_backoff_ms")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError("retry_backoff_ms is [min, max] with 0 <= min <= max")
+        return value
+
+    def config(self, topic: TopicName) -> SubscriptionConfig:
+        if self.dead_letter_topic is not None:
+            parts = self.dead_letter_topic.split("/")
+            if len(parts) != 3:
+                raise InvalidRequest("dead_letter_topic is {tenant}/{namespace}/{topic}")
+            if TopicName.parse(*parts).tenant != topic.tenant:
+                raise InvalidRequest("dead_letter_topic must be in the topic's tenant")
+        return SubscriptionConfig(**self.model_dump())
+
+
+class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_messages: int = Field(default=10, ge=1)
+    wait_ms: int = Field(default=0, ge=0, description="Long poll; capped by GATEWAY_MAX_WAIT_MS")
+    ack_deadline_ms: int | None = Field(
+        default=None, ge=100, le=12 * 3600 * 1000, description="Default: the subscription's"
+    )
+
+
+class PulledMessage(Message):
+    receipt: str
+    delivery_attempt: int
+
+
+class PullResponse(BaseModel):
+    messages: list[PulledMessage]
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    receipts: Receipts
+
+
+class NackRequest(AckRequest):
+    delay_ms: int | None = Field(
+        default=None, ge=0, description="Default: the subscription's retry backoff"
+    )
+
+
+class ExtendRequest(AckRequest):
+    ack_deadline_ms: int = Field(ge=100, le=12 * 3600 * 1000, description="From now")
+
+
+class SettleResponse(BaseModel):
+    succeeded: int
+    failed: list[dict[str, str]] = Field(
+        description="`invalid_receipt` (forged, edited, another subscription's) or "
+        "`lease_expired` (its deadline passed or it was nacked: it is redelivered)"
+    )
+
+
+class SeekRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    position: str = Field(description="`earliest`, `latest`, `time:...` or a read cursor")
+
+
+class RedriveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_messages: int = Field(default=1000, ge=1, le=100_000)
+
+
+def _settled(outcome: Outcome) -> JSON:
+    return JSON({"succeeded": outcome.succeeded, "failed": outcome.failed})
+
+
+@router.put(
+    BASE,
+    summary="Create or update a subscription",
+    status_code=200,
+    responses={201: {"description": "Created"}},
+)
+async def configure(
+    body: SubscriptionRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+) -> JSON:
+    """Idempotent: 201 with the configuration when created, 200 when it existed."""
+    config = body.config(topic)
+    created = await pulsar.on_topic(
+        topic, lambda: pulsar.queues.configure(topic, subscription, config)
+    )
+    return JSON(asdict(config), status_code=201 if created else 200)
+
+
+@router.get(BASE, summary="Subscription configuration and stats")
+async def describe(topic: Topic, subscription: Subscription, pulsar: Pulsar) -> JSON:
+    """Configuration with Pulsar's stats: `backlog` (entries not yet acked: a batch of
+    messages counts once), `unacked` (dispatched to the gateway, not acked),
+    `oldest_unacked_age_ms`, `dead_letter_backlog` and `consumers` (gateway consumers
+    attached)."""
+    described = await pulsar.on_topic(topic, lambda: pulsar.queues.describe(topic, subscription))
+    config = asdict(described.pop("config"))
+    return JSON({**config, **described})
+
+
+@router.delete(BASE, summary="Delete a subscription", status_code=204)
+async def delete(topic: Topic, subscription: Subscription, pulsar: Pulsar) -> Response:
+    """Removes the subscription and its position; its dead-letter topic stays."""
+    await pulsar.on_topic(topic, lambda: pulsar.queues.delete(topic, subscription))
+    return Response(status_code=204)
+
+
+@router.post(f"{BASE}/pull", summary="Pull messages", responses={200: {"model": PullResponse}})
+async def pull(
+    body: PullRequest,
+    topic: Topic,
+    subscription: Subscription,
+    pulsar: Pulsar,
+    settings: AppSettings,
+    metrics: AppMetrics,
+) -> JSON:
+    """Lease up to `max_messages` until their ack deadline; an empty list after `wait_ms`.
+
+    Unacked past the deadline, a message is delivered again (to any worker, through any
+    replica) with `delivery_attempt` + 1. Nothing is acknowledged to Pulsar until an ack.
+    """
+    if body.max_messages > settings.max_pull_messages:
+        raise InvalidRequest(f"max_messages is at most {settings.max_pull_messages}")
+    pulled = await pulsar.on_topic(
+        topic,
+        lambda: pulsar.queues.pull(
+            topic,
+            subscription,
+            max_messages=body.max_messages,
+            wait_s=min(body.wait_ms, settings.max_wait_ms) / 1000,
+            ack_deadline_ms=body.ack_deadline_ms,
+        ),
+    )
+    metrics.read.inc(len(pulled))
+    messages: list[dict[str, Any]] = []
+    for item in pulled:
+        message = render(item.message)
+        message["receipt"] = item.receipt
+        message["delivery_attempt"] = item.delivery_attempt
+        messages.append(message)
+    return JSON({"messages": messages})
+
+
+@router.post(f"{BASE}/ack", summary="Acknowledge", responses={200: {"model": SettleResponse}})
+async def ack(body: AckRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar) -> JSON:
+    """Done with these messages; works on any replica. Acking twice is harmless."""
+    outcome = await pulsar.on_topic(
+        topic, lambda: pulsar.queues.ack(topic, subscription, body.receipts)
+    )
+    return _settled(outcome)
+
+
+@router.post(
+    f"{BASE}/nack", summary="Negative acknowledge", responses={200: {"model": SettleResponse}}
+)
+async def nack(body: NackRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar) -> JSON:
+    """Deliver these again after `delay_ms`; works on any replica."""
+    outcome = await pulsar.on_topic(
+        topic, lambda: pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
+    )
+    return _settled(outcome)
+
+
+@router.post(
+    f"{BASE}/extend", summary="Extend the ack deadline", responses={200: {"model": SettleResponse}}
+)
+async def extend(
+    body: ExtendRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+) -> JSON:
+    """Keep these leased for `ack_deadline_ms` more from now; works on any replica."""
+    outcome = await pulsar.on_topic(
+        topic,
+        lambda: pulsar.queues.extend(topic, subscription, body.receipts, body.ack_deadline_ms),
+    )
+    return _settled(outcome)
+
+
+@router.post(f"{BASE}/seek", summary="Seek the subscription", status_code=204)
+async def seek(
+    body: SeekRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+) -> Response:
+    """Replay from a position (or skip to `latest`). Outstanding leases are void: their
+    messages are delivered again if the new position is before them."""
+    start = parse_start(body.position)
+    await pulsar.on_topic(topic, lambda: pulsar.queues.seek(topic, subscription, start))
+    return Response(status_code=204)
+
+
+@router.post(f"{BASE}/dead-letters/redrive", summary="Redrive dead letters")
+async def redrive(
+    body: RedriveRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+) -> JSON:
+    """Move up to `max_messages` dead letters back to the topic for this subscription.
+
+    Other subscriptions of the topic skip redriven messages; readers of the topic see them.
+    """
+    moved = await pulsar.on_topic(
+        topic, lambda: pulsar.queues.redrive(topic, subscription, body.max_messages)
+    )
+    return JSON({"moved": moved})

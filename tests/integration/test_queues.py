@@ -1,0 +1,321 @@
+"""Work queues through two gateway replicas: pull on one, settle on the other."""
+
+import base64
+import os
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Gateway, PulsarCluster, start_gateway, stop_gateway
+
+SECRET = "test-receipt-secret"
+
+
+@pytest.fixture(scope="module")
+def replicas(pulsar_cluster: PulsarCluster) -> Iterator[list[Gateway]]:
+    gateways = [start_gateway(pulsar_cluster, receipt_secret=SECRET) for _ in range(2)]
+    try:
+        yield gateways
+    finally:
+        for gateway in gateways:
+            stop_gateway(gateway)
+
+
+class Queue:
+    """One subscription, reached through any replica."""
+
+    def __init__(self, replicas: list[Gateway], topic: str, subscription: str = "work") -> None:
+        self.replicas = replicas
+        self.topic = topic
+        self.path = f"/v1/topics/{topic}/subscriptions/{subscription}"
+
+    def url(self, replica: int, suffix: str = "") -> str:
+        return f"{self.replicas[replica % len(self.replicas)].url}{self.path}{suffix}"
+
+    def configure(self, **config: Any) -> httpx.Response:
+        config.setdefault("initial_position", "earliest")
+        return httpx.put(self.url(0), json=config, timeout=30)
+
+    def publish(self, messages: list[dict[str, Any]]) -> None:
+        response = httpx.post(
+            f"{self.replicas[0].url}/v1/topics/{self.topic}/messages",
+            json={"messages": messages},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+
+    def pull(
+        self, replica: int, max_messages: int = 10, wait_ms: int = 0, **extra: Any
+    ) -> list[dict[str, Any]]:
+        response = httpx.post(
+            self.url(replica, "/pull"),
+            json={"max_messages": max_messages, "wait_ms": wait_ms, **extra},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        messages: list[dict[str, Any]] = response.json()["messages"]
+        return messages
+
+    def settle(self, replica: int, op: str, receipts: list[str], **extra: Any) -> dict[str, Any]:
+        response = httpx.post(
+            self.url(replica, f"/{op}"), json={"receipts": receipts, **extra}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def stats(self) -> dict[str, Any]:
+        response = httpx.get(self.url(1), timeout=30)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+def queue(replicas: list[Gateway], topic: str) -> Queue:
+    return Queue(replicas, topic)
+
+
+def receipts(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["receipt"] for m in messages]
+
+
+def test_four_workers_alternating_replicas_process_each_message_once(queue: Queue) -> None:
+    assert queue.configure(ack_deadline_ms=10_000).status_code == 201
+    total = 1000
+    queue.publish([{"value": n, "key": f"k{n}"} for n in range(total)])
+    processed: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        turn = index
+        idle = 0
+        while idle < 3:
+            messages = queue.pull(turn, max_messages=25, wait_ms=500)
+            if not messages:
+                idle += 1
+                continue
+            idle = 0
+            with lock:
+                processed.update(m["value"] for m in messages)
+            result = queue.settle(turn + 1, "ack", receipts(messages))  # the other replica
+            assert result == {"succeeded": len(messages), "failed": []}
+            turn += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(processed) == list(range(total))
+    assert set(processed.values()) == {1}, "a message was delivered twice"
+
+    # Past the ack deadline, an acked message would have come back: none does.
+    time.sleep(11)
+    assert queue.pull(0, max_messages=100, wait_ms=1000) == []
+    assert queue.pull(1, max_messages=100, wait_ms=1000) == []
+    assert queue.stats()["backlog"] == 0
+
+
+def test_an_unacked_message_comes_back_after_its_deadline_not_before(queue: Queue) -> None:
+    queue.configure(ack_deadline_ms=2000)
+    queue.publish([{"value": "job"}])
+    [first] = queue.pull(0, wait_ms=5000)
+    pulled_at = time.monotonic()
+    assert first["delivery_attempt"] == 1
+    assert queue.pull(1, wait_ms=1000) == []  # still leased
+    [again] = queue.pull(1, wait_ms=10_000)
+    assert time.monotonic() - pulled_at >= 2.0
+    assert again["value"] == "job" and again["delivery_attempt"] == 2, again
+    assert queue.settle(0, "ack", [again["receipt"]])["succeeded"] == 1
+
+
+def test_a_nack_with_delay_comes_back_no_earlier_than_the_delay(queue: Queue) -> None:
+    queue.configure(ack_deadline_ms=60_000)
+    queue.publish([{"value": "retry me"}])
+    [message] = queue.pull(0, wait_ms=5000)
+    nacked_at = time.monotonic()
+    assert queue.settle(1, "nack", [message["receipt"]], delay_ms=1500)["succeeded"] == 1
+    [again] = queue.pull(0, wait_ms=10_000)
+    assert time.monotonic() - nacked_at >= 1.5
+    assert again["value"] == "retry me" and again["delivery_attempt"] == 2
+
+
+def test_extend_on_another_replica_keeps_the_lease(queue: Queue) -> None:
+    queue.configure(ack_deadline_ms=1500)
+    queue.publish([{"value": "long job"}])
+    [message] = queue.pull(0, wait_ms=5000)
+    extended = queue.settle(1, "extend", [message["receipt"]], ack_deadline_ms=6000)
+    assert extended["succeeded"] == 1
+    assert queue.pull(1, wait_ms=3000) == []  # past the first deadline, still leased
+    assert queue.settle(1, "ack", [message["receipt"]])["succeeded"] == 1
+    assert queue.pull(0, wait_ms=5000) == []
+
+
+def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_redriven_back(
+    queue: Queue,
+) -> None:
+    queue.configure(ack_deadline_ms=60_000, max_deliveries=3)
+    queue.publish([{"value": "poison", "key": "p-1", "properties": {"origin": "test"}}])
+    attempts = []
+    for replica in range(3):
+        [message] = queue.pull(replica, wait_ms=10_000)
+        attempts.append(message["delivery_attempt"])
+        queue.settle(replica + 1, "nack", [message["receipt"]], delay_ms=0)
+    assert attempts == [1, 2, 3]
+    dlq = f"{queue.topic}-work-DLQ"
+    dead_letters = httpx.get(
+        f"{queue.replicas[0].url}/v1/topics/{dlq}/messages",
+        params={"wait_ms": 15_000},
+        timeout=30,
+    ).json()["messages"]
+    [dead] = dead_letters
+    assert queue.pull(0, wait_ms=1000) == []  # no fourth delivery
+    assert dead["value"] == "poison" and dead["key"] == "p-1"
+    assert dead["properties"]["origin"] == "test"
+    assert dead["properties"]["DELIVERY_COUNT"] == "3"
+    assert queue.stats()["dead_letter_backlog"] == 1
+
+    moved = httpx.post(queue.url(1, "/dead-letters/redrive"), json={}, timeout=30).json()
+    assert moved == {"moved": 1}
+    [back] = queue.pull(0, wait_ms=10_000)
+    assert back["value"] == "poison" and back["delivery_attempt"] == 1
+    assert queue.stats()["dead_letter_backlog"] == 0
+
+
+def test_key_shared_never_leases_two_messages_of_one_key_at_once(queue: Queue) -> None:
+    queue.configure(type="key_shared", ack_deadline_ms=30_000)
+    keys = [f"customer-{k}" for k in range(5)]
+    queue.publish([{"value": n, "key": keys[n % 5]} for n in range(200)])
+    outstanding: set[str] = set()
+    order: dict[str, list[int]] = defaultdict(list)  # values seen, per key
+    violations: list[str] = []
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        turn, idle = index, 0
+        while idle < 3:
+            messages = queue.pull(turn, max_messages=10, wait_ms=500)
+            if not messages:
+                idle += 1
+                continue
+            idle = 0
+            with lock:
+                for m in messages:
+                    if m["key"] in outstanding:
+                        violations.append(m["key"])
+                    outstanding.add(m["key"])
+                    order[m["key"]].append(m["value"])
+            time.sleep(0.01)
+            with lock:
+                for m in messages:
+                    outstanding.discard(m["key"])
+            queue.settle(turn + 1, "ack", receipts(messages))
+            turn += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert violations == []
+    assert sorted(v for values in order.values() for v in values) == list(range(200))
+
+
+def test_a_replica_killed_with_leases_out_loses_nothing(
+    queue: Queue, pulsar_cluster: PulsarCluster
+) -> None:
+    queue.configure(ack_deadline_ms=600_000)
+    queue.publish([{"value": n} for n in range(5)])
+    doomed = start_gateway(pulsar_cluster, receipt_secret=SECRET)
+    leased = Queue([doomed], queue.topic).pull(0, max_messages=5, wait_ms=5000)
+    assert sorted(m["value"] for m in leased) == list(range(5))
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    doomed.process.wait()
+
+    redelivered: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while len(redelivered) < 5 and time.monotonic() < deadline:
+        redelivered += queue.pull(len(redelivered), max_messages=5, wait_ms=2000)
+    assert sorted(m["value"] for m in redelivered) == list(range(5))
+    assert queue.settle(0, "ack", receipts(redelivered))["succeeded"] == 5
+
+
+def test_forged_edited_and_foreign_receipts_are_invalid(queue: Queue) -> None:
+    queue.configure()
+    queue.publish([{"value": 1}])
+    [message] = queue.pull(0, wait_ms=5000)
+    receipt = message["receipt"]
+    raw = bytearray(base64.urlsafe_b64decode(receipt + "=" * (-len(receipt) % 4)))
+    raw[5] ^= 1
+    edited = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    other = Queue(queue.replicas, queue.topic, "another")
+    other.configure()
+
+    assert queue.settle(1, "ack", ["not-a-receipt", edited]) == {
+        "succeeded": 0,
+        "failed": [
+            {"receipt": "not-a-receipt", "code": "invalid_receipt"},
+            {"receipt": edited, "code": "invalid_receipt"},
+        ],
+    }
+    foreign = other.settle(1, "ack", [receipt])
+    assert foreign["failed"] == [{"receipt": receipt, "code": "invalid_receipt"}]
+    assert queue.settle(1, "ack", [receipt])["succeeded"] == 1
+    assert queue.settle(0, "ack", [receipt])["succeeded"] == 1  # acking twice is harmless
+
+
+def test_pull_on_a_missing_subscription_is_404(queue: Queue) -> None:
+    queue.publish([{"value": 1}])
+    response = httpx.post(queue.url(0, "/pull"), json={}, timeout=30)
+    assert response.status_code == 404
+    assert response.json()["code"] == "subscription_not_found"
+
+
+def test_configure_is_idempotent_and_get_reports_config_and_stats(queue: Queue) -> None:
+    created = queue.configure(type="key_shared", ack_deadline_ms=5000, max_deliveries=4)
+    assert created.status_code == 201
+    again = queue.configure(type="key_shared", ack_deadline_ms=5000, max_deliveries=4)
+    assert again.status_code == 200 and again.json() == created.json()
+    # Distinct keys: one entry each (the backlog counts entries; a batch counts once).
+    queue.publish([{"value": n, "key": f"k{n}"} for n in range(3)])
+    queue.pull(1, max_messages=1, wait_ms=5000)
+    stats = queue.stats()
+    assert stats["type"] == "key_shared" and stats["max_deliveries"] == 4
+    assert stats["backlog"] == 3 and stats["unacked"] >= 1
+    assert stats["oldest_unacked_age_ms"] >= 0 and stats["consumers"] >= 1
+    assert stats["dead_letter_backlog"] == 0
+    assert httpx.delete(queue.url(0), timeout=30).status_code == 204
+    assert httpx.get(queue.url(1), timeout=30).json()["code"] == "subscription_not_found"
+
+
+def test_seek_to_earliest_replays_acked_messages(queue: Queue) -> None:
+    queue.configure()
+    queue.publish([{"value": n} for n in range(3)])
+    first = queue.pull(0, max_messages=3, wait_ms=5000)
+    queue.settle(1, "ack", receipts(first))
+    seek = httpx.post(queue.url(1, "/seek"), json={"position": "earliest"}, timeout=30)
+    assert seek.status_code == 204
+    replayed: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while len(replayed) < 3 and time.monotonic() < deadline:
+        replayed += queue.pull(0, max_messages=3, wait_ms=2000)
+    assert sorted(m["value"] for m in replayed) == [0, 1, 2]
+
+
+def test_a_slow_worker_leaves_messages_in_pulsar_not_in_the_gateway(queue: Queue) -> None:
+    queue.configure()
+    queue.publish([{"value": n, "key": f"k{n}"} for n in range(1000)])
+    assert len(queue.pull(0, max_messages=1, wait_ms=5000)) == 1
+    time.sleep(1)
+    stats = queue.stats()
+    # Dispatched to the gateway: the message pulled, plus at most the one entry that
+    # waits in the pulling replica's consumer (Pulsar's smallest receiver queue).
+    assert stats["unacked"] <= 2, stats
+    assert stats["backlog"] == 1000
