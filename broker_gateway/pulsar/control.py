@@ -29,6 +29,7 @@ class ControlChannel:
         self.replica = replica
         self._handler: Handler | None = None
         self._producer: pulsar.asyncio.Producer | None = None
+        self._opening = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def start(self, handler: Handler) -> None:
@@ -47,10 +48,11 @@ class ControlChannel:
 
         Raises: PulsarException.
         """
-        if self._producer is None:
-            self._producer = await self._client.create_producer(
-                self._topic, batching_enabled=True, batching_max_publish_delay_ms=1
-            )
+        async with self._opening:  # one producer, however many sends race to make it
+            if self._producer is None:
+                self._producer = await self._client.create_producer(
+                    self._topic, batching_enabled=True, batching_max_publish_delay_ms=1
+                )
         await self._producer.send(orjson.dumps({**command, "to": to, "from": self.replica}))
 
     async def _listen(self) -> None:
@@ -64,6 +66,9 @@ class ControlChannel:
                 try:
                     while True:
                         self._dispatch(await read_next(reader))
+                except Exception:
+                    log.exception("control channel reader failed; commands may be missed")
+                    raise
                 finally:
                     await asyncio.shield(reader.close())
 
