@@ -91,24 +91,28 @@ def receipts(messages: list[dict[str, Any]]) -> list[str]:
 def run_workers(
     queue: Queue,
     max_messages: int,
-    handle: Callable[[list[dict[str, Any]]], None],
+    handle: Callable[[list[dict[str, Any]]], int],
+    expected: int,
     workers: int = 4,
+    deadline_s: float = 90,
 ) -> None:
     """Workers that pull through one replica and ack through the other, alternating, until
-    three pulls in a row come back empty. `handle` sees each batch before its ack."""
+    `handle` (which sees each batch before its ack, and returns how many distinct messages
+    have been seen) reports `expected`, or the deadline passes."""
+    give_up = time.monotonic() + deadline_s
+    done = threading.Event()
 
     def work(index: int) -> None:
-        turn, idle = index, 0
-        while idle < 3:
+        turn = index
+        while not done.is_set() and time.monotonic() < give_up:
             messages = queue.pull(turn, max_messages=max_messages, wait_ms=300)
-            if not messages:
-                idle += 1
-                continue
-            idle = 0
-            handle(messages)
-            result = queue.settle(turn + 1, "ack", receipts(messages))
-            assert result == {"succeeded": len(messages), "failed": []}
             turn += 1
+            if not messages:
+                continue
+            if handle(messages) >= expected:
+                done.set()
+            result = queue.settle(turn, "ack", receipts(messages))
+            assert result == {"succeeded": len(messages), "failed": []}
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
     for thread in threads:
@@ -124,11 +128,14 @@ def test_four_workers_alternating_replicas_process_each_message_once(queue: Queu
     processed: Counter[int] = Counter()
     lock = threading.Lock()
 
-    def process(messages: list[dict[str, Any]]) -> None:
+    def process(messages: list[dict[str, Any]]) -> int:
         with lock:
             processed.update(m["value"] for m in messages)
+            return len(processed)
 
-    run_workers(queue, 25, process)
+    run_workers(queue, 25, process, expected=total)
+    # A worker may still be pulling when the last message is seen: let its lease settle.
+    time.sleep(1)
     assert sorted(processed) == list(range(total))
     assert set(processed.values()) == {1}, "a message was delivered twice"
 
@@ -214,7 +221,7 @@ def test_key_shared_never_leases_two_messages_of_one_key_at_once(queue: Queue) -
     violations: list[str] = []
     lock = threading.Lock()
 
-    def process(messages: list[dict[str, Any]]) -> None:
+    def process(messages: list[dict[str, Any]]) -> int:
         with lock:
             for m in messages:
                 if m["key"] in outstanding:
@@ -225,8 +232,9 @@ def test_key_shared_never_leases_two_messages_of_one_key_at_once(queue: Queue) -
         with lock:  # released before the ack: the gateway may lease the key again after it
             for m in messages:
                 outstanding.discard(m["key"])
+            return len(set(seen))
 
-    run_workers(queue, 10, process)
+    run_workers(queue, 10, process, expected=60)
     assert violations == []
     assert sorted(seen) == list(range(60))
 
