@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # A replica closes its consumers on a subscription unused this long (nothing leased).
     # Pulsar keeps delivery counts while a subscription has a consumer on some replica.
     queue_consumer_idle_timeout_s: float = Field(default=300.0, gt=0)
-    # Replicas forward nacks and extensions to the one holding a lease over this topic.
+    # Replicas forward acks, nacks and extensions to the one holding the lease over this topic.
     control_topic: str = "persistent://public/default/broker-gateway-control"
 
     @property
