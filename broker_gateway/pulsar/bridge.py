@@ -2,7 +2,7 @@
 
 pulsar.asyncio sets its futures unconditionally, which fails noisily once a waiter has
 given up (a read deadline, a client that disconnected). These helpers let a late result
-land on a future nobody waits for any more, and say so to the caller that can use it.
+land quietly on a future nobody waits for any more.
 """
 
 import asyncio
@@ -12,20 +12,13 @@ from typing import Any
 import _pulsar
 import pulsar.asyncio
 
-# Called with the late value when the waiter had already given up.
-LateHandler = Callable[[Any], None]
 
-
-def callback_for(
-    future: "asyncio.Future[Any]", on_late: LateHandler | None = None
-) -> Callable[[Any, Any], None]:
+def callback_for(future: "asyncio.Future[Any]") -> Callable[[Any, Any], None]:
     """A (result, value) callback that settles `future` from any thread."""
     loop = future.get_loop()
 
     def settle(result: Any, value: Any) -> None:
         if future.done():
-            if on_late is not None and result == _pulsar.Result.Ok:
-                on_late(value)
             return
         if result == _pulsar.Result.Ok:
             future.set_result(value)
@@ -51,16 +44,14 @@ async def read_next(reader: pulsar.asyncio.Reader) -> Any:
     return await future
 
 
-async def receive(
-    consumer: pulsar.asyncio.Consumer, timeout_s: float, on_late: LateHandler | None = None
-) -> Any:
+async def receive(consumer: pulsar.asyncio.Consumer, timeout_s: float) -> Any:
     """The consumer's next _pulsar.Message, or None after `timeout_s`.
 
-    A message arriving after that goes to `on_late`; without one it stays unacknowledged,
-    and Pulsar redelivers it once the consumer closes.
+    A message arriving after that stays unacknowledged: Pulsar redelivers it once the
+    consumer closes.
     """
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    consumer._consumer.receive_async(callback_for(future, on_late))
+    consumer._consumer.receive_async(callback_for(future))
     try:
         return await asyncio.wait_for(future, timeout_s)
     except TimeoutError:
