@@ -254,7 +254,8 @@ class QueueService:
         otherwise draw messages (and, on key_shared, key ranges) that nobody pulls there.
         If the leasing replica is gone, Pulsar has already redelivered its messages.
         """
-        await self._config(topic, subscription)  # 404 for a subscription that is not there
+        if (topic.path, subscription) not in self._consumers:
+            await self._config(topic, subscription)  # 404 for a subscription that is not there
         succeeded, failed = 0, list[dict[str, str]]()
         for text, receipt in self._verify(topic, subscription, receipts, failed):
             try:
@@ -275,23 +276,13 @@ class QueueService:
         return Outcome(succeeded, failed)
 
     async def _apply_here(
-        self,
-        topic_path_or_name: TopicName | str,
-        subscription: str,
-        op: str,
-        message_id: bytes,
-        ms: int | None,
+        self, topic: TopicName, subscription: str, op: str, message_id: bytes, ms: int | None
     ) -> bool:
         """Raises: PulsarException (an ack Pulsar refused)."""
-        path = (
-            topic_path_or_name.path
-            if isinstance(topic_path_or_name, TopicName)
-            else topic_path_or_name
-        )
-        consumer = self._consumers.get((path, subscription))
+        consumer = self._consumers.get((topic.path, subscription))
         if op == "ack":
             if consumer is None:  # closed (idle, or a seek): ack the id through a new one
-                consumer = await self._consumer(TopicName.parse(*path.split("/")), subscription)
+                consumer = await self._consumer(topic, subscription)
             await consumer.ack(message_id)
             return True
         if consumer is None:
@@ -341,7 +332,7 @@ class QueueService:
         elif command["op"] in ("ack", "nack", "extend"):
             self._background(
                 self._apply_here(
-                    command["topic"],
+                    TopicName.parse(*command["topic"].split("/")),
                     command["subscription"],
                     command["op"],
                     base64.b64decode(command["id"]),
