@@ -17,7 +17,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker_gateway import __version__
-from broker_gateway.api import health, publish, queue, read, stream
+from broker_gateway.api import health, manifests, publish, queue, read, stream
 from broker_gateway.api.responses import ProblemJSON
 from broker_gateway.errors import (
     HTTP_STATUS_CODES,
@@ -66,7 +66,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    for router in (health.router, publish.router, read.router, stream.router, queue.router):
+    for router in (
+        health.router,
+        publish.router,
+        read.router,
+        stream.router,
+        queue.router,
+        manifests.router,
+    ):
         app.include_router(router)
     _install_error_handlers(app)
     _install_docs(app)
@@ -85,7 +92,7 @@ def _problem(
 
 def gateway_error_response(error: GatewayError) -> ProblemJSON:
     headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
-    return _problem(problem_for(error), error.detail, headers)
+    return _problem(problem_for(error), error.detail, headers, **error.extra)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

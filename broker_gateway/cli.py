@@ -1,21 +1,27 @@
-"""The broker-gateway command."""
+"""The broker-gateway command: serve the API, or validate / plan / apply / export manifests."""
 
 import argparse
+import asyncio
+import json
 import logging
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import uvicorn
+import yaml
 
+from broker_gateway.errors import GatewayError
+from broker_gateway.manifests.engine import ManifestEngine
+from broker_gateway.manifests.loader import load_paths
+from broker_gateway.manifests.render import plan_json, plan_text
+from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.settings import Settings
 
 
-def _serve(args: argparse.Namespace) -> None:
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # The C++ client logs every connection at INFO; keep its warnings and errors.
-    logging.getLogger("pulsar.client").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         "broker_gateway.app:create_app",
         factory=True,
@@ -28,14 +34,146 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+@asynccontextmanager
+async def _engine(settings: Settings) -> AsyncIterator[ManifestEngine]:
+    admins = {
+        c.name: PulsarAdmin(
+            c,
+            timeout_s=settings.pulsar_operation_timeout_s,
+            retry_after_s=settings.broker_retry_after_s,
+        )
+        for c in settings.clusters
+    }
+    try:
+        yield ManifestEngine(settings.clusters, admins)
+    finally:
+        for admin in admins.values():
+            await admin.close()
+
+
+async def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    raw = load_paths(args.paths)
+    async with _engine(settings) as engine:
+        manifests = engine.check(raw) if args.offline else await engine.validate(raw)
+    print(f"valid: {len(manifests.documents())} objects in {', '.join(args.paths)}")
+    return 0
+
+
+async def _plan(args: argparse.Namespace, settings: Settings) -> int:
+    raw = load_paths(args.paths)
+    async with _engine(settings) as engine:
+        plan = await engine.plan(raw, prune=args.prune)
+    if args.json:
+        print(json.dumps(plan_json(plan), indent=2))
+    else:
+        print(plan_text(plan, verbose=args.verbose), end="")
+    return 2 if args.detailed_exitcode and plan.pending else 0
+
+
+async def _apply(args: argparse.Namespace, settings: Settings) -> int:
+    raw = load_paths(args.paths)
+    async with _engine(settings) as engine:
+        applied = await engine.apply(
+            raw, allow_destructive=args.allow_destructive, prune=args.prune
+        )
+    if args.json:
+        print(json.dumps({**plan_json(applied.plan), "steps": applied.steps}, indent=2))
+        return 0
+    print(plan_text(applied.plan), end="")
+    if applied.steps:
+        print(f"\nApplied {len(applied.steps)} change(s).")
+    return 0
+
+
+async def _export(args: argparse.Namespace, settings: Settings) -> int:
+    async with _engine(settings) as engine:
+        documents = await engine.export(args.tenant or [])
+    if args.format == "json":
+        text = json.dumps({"documents": documents}, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        await asyncio.to_thread(Path(args.output).write_text, text, encoding="utf-8")
+    return 0
+
+
+def _run(command: Callable[..., Coroutine[Any, Any, int]]) -> Callable[..., int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        try:
+            return asyncio.run(command(args, settings))
+        except GatewayError as exc:
+            print(
+                f"error: {exc.detail.split('; ')[0] if exc.extra else exc.detail}", file=sys.stderr
+            )
+            for item in (*exc.extra.get("errors", ()), *exc.extra.get("destructive", ())):
+                print(f"  - {item}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="broker-gateway", description="An HTTP front door for Apache Pulsar."
+        prog="broker-gateway",
+        description="An HTTP front door for Apache Pulsar. Settings come from GATEWAY_* "
+        "variables; GATEWAY_CLUSTERS names the clusters manifests may use.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the HTTP API (settings from GATEWAY_*)")
+
+    serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8000)")
     serve.set_defaults(run=_serve)
-    args = parser.parse_args(argv)
-    args.run(args)
+
+    def manifest_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help)
+        command.add_argument(
+            "paths", nargs="*", default=["topics"], help="files or directories (default topics)"
+        )
+        return command
+
+    validate = manifest_command("validate", "check manifests (live state too, unless --offline)")
+    validate.add_argument("--offline", action="store_true", help="check without any cluster")
+    validate.set_defaults(run=_run(_validate))
+
+    plan = manifest_command("plan", "show what apply would change, per cluster")
+    plan.add_argument("--prune", action="store_true", help="also delete what no manifest declares")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--verbose", action="store_true", help="list unchanged objects too")
+    plan.add_argument(
+        "--detailed-exitcode", action="store_true", help="exit 2 when there are changes"
+    )
+    plan.set_defaults(run=_run(_plan))
+
+    apply = manifest_command("apply", "make the clusters match the manifests")
+    apply.add_argument(
+        "--allow-destructive",
+        action="store_true",
+        help="run changes that lose data (deletions, dropped replication, partition changes)",
+    )
+    apply.add_argument("--prune", action="store_true", help="delete what no manifest declares")
+    apply.add_argument("--json", action="store_true", help="print plan and steps as JSON")
+    apply.set_defaults(run=_run(_apply))
+
+    export = commands.add_parser("export", help="write live state as manifests")
+    export.add_argument("--tenant", action="append", help="tenant to export (repeatable)")
+    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    export.add_argument("--output", "-o", default="-", help="file to write (default stdout)")
+    export.set_defaults(run=_run(_export))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # The C++ client logs every connection at INFO; keep its warnings and errors.
+    logging.getLogger("pulsar.client").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command != "serve":
+        logging.getLogger("broker_gateway").setLevel(logging.WARNING)
+    sys.exit(args.run(args, settings))

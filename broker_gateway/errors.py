@@ -1,5 +1,6 @@
 """One exception root, and one table that turns each error into an HTTP problem (RFC 9457)."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ class GatewayError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.retry_after_s = retry_after_s
+        # Members added to the problem body, e.g. the list of what was wrong.
+        self.extra: dict[str, Any] = {}
 
 
 class InvalidRequest(GatewayError):
@@ -19,6 +22,24 @@ class InvalidRequest(GatewayError):
 
 class IdempotencyKeyReused(InvalidRequest):
     """An Idempotency-Key came back with a different request."""
+
+
+class InvalidManifest(InvalidRequest):
+    """A manifest set is malformed or asks for what Pulsar cannot do; nothing was changed."""
+
+    def __init__(self, problems: Sequence[object]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.extra = {"errors": [str(p) for p in problems]}
+
+
+class DestructiveChangeRefused(GatewayError):
+    """An apply would delete data and was not allowed to; nothing was changed."""
+
+    def __init__(self, changes: Sequence[object]) -> None:
+        super().__init__(
+            "destructive changes need allow_destructive: " + "; ".join(str(c) for c in changes)
+        )
+        self.extra = {"destructive": [str(c) for c in changes]}
 
 
 class PayloadTooLarge(GatewayError):
@@ -57,6 +78,14 @@ class BrokerError(GatewayError):
     """Pulsar answered with an error the gateway has no better name for."""
 
 
+class ApplyFailed(BrokerError):
+    """A step of an apply failed; the steps before it took effect, the rest did not run."""
+
+    def __init__(self, detail: str, steps: Sequence[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.extra = {"steps": list(steps)}
+
+
 @dataclass(frozen=True)
 class Problem:
     status: int
@@ -70,6 +99,10 @@ PROBLEMS: dict[type[GatewayError], Problem] = {
     GatewayError: Problem(500, "internal_error", "Internal error"),
     InvalidRequest: Problem(422, "invalid_request", "Invalid request"),
     IdempotencyKeyReused: Problem(422, "idempotency_key_reused", "Idempotency-Key reused"),
+    InvalidManifest: Problem(422, "invalid_manifest", "Invalid manifest"),
+    DestructiveChangeRefused: Problem(
+        409, "destructive_change_refused", "Destructive change refused"
+    ),
     PayloadTooLarge: Problem(413, "payload_too_large", "Payload too large"),
     NotFound: Problem(404, "not_found", "Not found"),
     TenantNotFound: Problem(404, "tenant_not_found", "Tenant not found"),
@@ -79,6 +112,7 @@ PROBLEMS: dict[type[GatewayError], Problem] = {
     BrokerUnavailable: Problem(503, "broker_unavailable", "Broker unavailable"),
     BrokerTimeout: Problem(504, "broker_timeout", "Broker timeout"),
     BrokerError: Problem(502, "broker_error", "Broker error"),
+    ApplyFailed: Problem(502, "apply_failed", "Apply failed"),
 }
 
 # Statuses raised by the framework itself (unknown route, wrong method, ...).

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from broker_gateway.manifests.engine import ManifestEngine
 from broker_gateway.metrics import Metrics
 from broker_gateway.pulsar.codecs import TopicName
 from broker_gateway.pulsar.service import PulsarService
@@ -25,6 +26,10 @@ def _metrics(request: Request) -> Metrics:
     return metrics
 
 
+def _engine(request: Request) -> ManifestEngine:
+    return ManifestEngine(_settings(request).clusters, _pulsar(request).admins)
+
+
 def _topic(
     tenant: Annotated[str, Path(description="Tenant name")],
     namespace: Annotated[str, Path(description="Namespace name")],
@@ -37,3 +42,4 @@ AppSettings = Annotated[Settings, Depends(_settings)]
 Pulsar = Annotated[PulsarService, Depends(_pulsar)]
 AppMetrics = Annotated[Metrics, Depends(_metrics)]
 Topic = Annotated[TopicName, Depends(_topic)]
+Engine = Annotated[ManifestEngine, Depends(_engine)]

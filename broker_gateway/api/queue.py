@@ -1,19 +1,19 @@
 """Work-queue subscriptions: configure, pull, ack, nack, extend, seek, redrive."""
 
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
 from broker_gateway.api.read import Message
 from broker_gateway.api.responses import JSON
 from broker_gateway.errors import InvalidRequest
-from broker_gateway.pulsar.codecs import TopicName, parse_start
+from broker_gateway.pulsar.codecs import parse_start
 from broker_gateway.pulsar.messages import render
 from broker_gateway.pulsar.queues import Outcome
-from broker_gateway.pulsar.subscriptions import SubscriptionConfig
+from broker_gateway.pulsar.subscriptions import SubscriptionSpec
 
 router = APIRouter(tags=["work queues"])
 
@@ -22,48 +22,6 @@ Subscription = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9_.=:-]{1,255}$", description="Subscription name")
 ]
 Receipts = Annotated[list[str], Field(min_length=1, max_length=10_000)]
-
-
-class SubscriptionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["shared", "key_shared"] = Field(
-        default="shared",
-        description="`key_shared`: per-key order, never two messages of one key out at once.",
-    )
-    initial_position: Literal["earliest", "latest"] = Field(
-        default="latest", description="Where a new subscription starts. Ignored on update."
-    )
-    ack_deadline_ms: int = Field(default=30_000, ge=100, le=12 * 3600 * 1000)
-    max_deliveries: int | None = Field(
-        default=None, ge=1, description="After this many deliveries, to the dead-letter topic."
-    )
-    dead_letter_topic: str | None = Field(
-        default=None,
-        description="{tenant}/{namespace}/{topic} in the same tenant; "
-        "default {topic}-{subscription}-DLQ",
-    )
-    retry_backoff_ms: tuple[int, int] = Field(
-        default=(1_000, 60_000),
-        description="[min, max] delay before a nacked message (without `delay_ms`) returns; "
-        "doubles with each delivery.",
-    )
-
-    @field_validator("retry_backoff_ms")
-    @classmethod
-    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 0 <= value[0] <= value[1]:
-            raise ValueError("retry_backoff_ms is [min, max] with 0 <= min <= max")
-        return value
-
-    def config(self, topic: TopicName) -> SubscriptionConfig:
-        if self.dead_letter_topic is not None:
-            parts = self.dead_letter_topic.split("/")
-            if len(parts) != 3:
-                raise InvalidRequest("dead_letter_topic is {tenant}/{namespace}/{topic}")
-            if TopicName.parse(*parts).tenant != topic.tenant:
-                raise InvalidRequest("dead_letter_topic must be in the topic's tenant")
-        return SubscriptionConfig(**self.model_dump())
 
 
 class PullRequest(BaseModel):
@@ -129,7 +87,7 @@ def _settled(outcome: Outcome) -> JSON:
     responses={201: {"description": "Created"}},
 )
 async def configure(
-    body: SubscriptionRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+    body: SubscriptionSpec, topic: Topic, subscription: Subscription, pulsar: Pulsar
 ) -> JSON:
     """Idempotent: 201 with the configuration when created, 200 when it existed."""
     config = body.config(topic)

@@ -41,7 +41,7 @@ class PulsarAdmin:
 
     async def ready(self, timeout_s: float) -> None:
         """Raises: BrokerUnavailable or BrokerTimeout when the broker is not ready."""
-        await self._request("GET", "/admin/v2/brokers/ready", timeout_s=timeout_s)
+        await self.request("GET", "/admin/v2/brokers/ready", timeout_s=timeout_s)
 
     async def last_position(self, topic: TopicName, partition: int) -> Position:
         """The position of the newest message in a topic, or one partition of it.
@@ -49,7 +49,7 @@ class PulsarAdmin:
         Raises: TopicNotFound; BrokerUnavailable or BrokerTimeout.
         """
         try:
-            body = await self._request(
+            body = await self.request(
                 "GET", f"/admin/v2/persistent/{topic.partition(partition).path}/lastMessageId"
             )
         except NotFound as exc:
@@ -67,7 +67,7 @@ class PulsarAdmin:
         Raises: BrokerUnavailable, BrokerTimeout, BrokerError.
         """
         try:
-            namespaces = await self._request("GET", f"/admin/v2/namespaces/{topic.tenant}")
+            namespaces = await self.request("GET", f"/admin/v2/namespaces/{topic.tenant}")
         except NotFound:
             return TenantNotFound(f"tenant {topic.tenant!r} does not exist")
         if f"{topic.tenant}/{topic.namespace}" not in namespaces:
@@ -82,10 +82,10 @@ class PulsarAdmin:
         Raises: BrokerUnavailable, BrokerTimeout, BrokerError.
         """
         try:
-            await self._request("PUT", f"/admin/v2/persistent/{topic.path}")
+            await self.request("PUT", f"/admin/v2/persistent/{topic.path}")
         except Conflict:
             pass
-        await self._request(
+        await self.request(
             "POST",
             f"/admin/v2/persistent/{topic.path}/retention",
             json={"retentionTimeInMinutes": retention_minutes, "retentionSizeInMB": -1},
@@ -93,12 +93,12 @@ class PulsarAdmin:
 
     async def partitions(self, topic: TopicName) -> int:
         """The topic's partition count; 0 for a non-partitioned (or missing) topic."""
-        body = await self._request("GET", f"/admin/v2/persistent/{topic.path}/partitions")
+        body = await self.request("GET", f"/admin/v2/persistent/{topic.path}/partitions")
         return int(body.get("partitions", 0))
 
     async def subscription_properties(self, topic: TopicName, subscription: str) -> dict[str, str]:
         """Raises: NotFound when the topic or the subscription does not exist."""
-        properties: dict[str, str] = await self._request(
+        properties: dict[str, str] = await self.request(
             "GET", f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/properties"
         )
         return properties
@@ -108,7 +108,7 @@ class PulsarAdmin:
     ) -> None:
         """Raises: NotFound (no such topic); Conflict (it exists already)."""
         end = -1 if earliest else 2**63 - 1
-        await self._request(
+        await self.request(
             "PUT",
             f"/admin/v2/persistent/{topic.path}/subscription/{subscription}",
             json={"ledgerId": end, "entryId": end, "properties": properties},
@@ -117,7 +117,7 @@ class PulsarAdmin:
     async def set_subscription_properties(
         self, topic: TopicName, subscription: str, properties: dict[str, str]
     ) -> None:
-        await self._request(
+        await self.request(
             "PUT",
             f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/properties",
             json=properties,
@@ -125,7 +125,7 @@ class PulsarAdmin:
 
     async def delete_subscription(self, topic: TopicName, subscription: str) -> None:
         """Raises: NotFound."""
-        await self._request(
+        await self.request(
             "DELETE",
             f"/admin/v2/persistent/{topic.path}/subscription/{subscription}",
             params={"force": "true"},
@@ -135,7 +135,7 @@ class PulsarAdmin:
         """Stats of a topic, aggregated over partitions. Raises: NotFound."""
         partitioned = await self.partitions(topic) > 0
         path = "partitioned-stats" if partitioned else "stats"
-        stats: dict[str, Any] = await self._request(
+        stats: dict[str, Any] = await self.request(
             "GET",
             f"/admin/v2/persistent/{topic.path}/{path}",
             params={"getEarliestTimeInBacklog": "true", "getPreciseBacklog": "true"},
@@ -145,7 +145,7 @@ class PulsarAdmin:
     async def reset_subscription_to_time(
         self, topic: TopicName, subscription: str, time_ms: int
     ) -> None:
-        await self._request(
+        await self.request(
             "POST",
             f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/resetcursor/{time_ms}",
         )
@@ -154,7 +154,7 @@ class PulsarAdmin:
         self, topic: TopicName, subscription: str, position: Position
     ) -> None:
         """Point the subscription just after `position` (in its partition)."""
-        await self._request(
+        await self.request(
             "POST",
             f"/admin/v2/persistent/{topic.partition(position.partition).path}"
             f"/subscription/{subscription}/resetcursor",
@@ -168,17 +168,21 @@ class PulsarAdmin:
         )
 
     async def skip_all(self, topic: TopicName, subscription: str) -> None:
-        await self._request(
+        await self.request(
             "POST", f"/admin/v2/persistent/{topic.path}/subscription/{subscription}/skip_all"
         )
 
-    async def _request(
+    async def send(
         self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
-    ) -> Any:
+    ) -> httpx.Response:
+        """One admin call, whatever its status.
+
+        Raises: BrokerTimeout or BrokerUnavailable when the cluster does not answer.
+        """
         name = self.cluster.name
         extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
         try:
-            response = await self._http.request(method, path, **kwargs, **extra)
+            return await self._http.request(method, path, **kwargs, **extra)
         except httpx.TimeoutException as exc:
             raise BrokerTimeout(
                 f"cluster {name} did not answer in time", retry_after_s=self._retry_after_s
@@ -187,6 +191,17 @@ class PulsarAdmin:
             raise BrokerUnavailable(
                 f"cluster {name} is unreachable: {exc}", retry_after_s=self._retry_after_s
             ) from exc
+
+    async def request(
+        self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
+    ) -> Any:
+        """One admin call; the decoded body, or None when there is none.
+
+        Raises: NotFound (404), Conflict (409), BrokerError (other 4xx, with Pulsar's reason),
+        BrokerUnavailable (5xx or unreachable), BrokerTimeout.
+        """
+        name = self.cluster.name
+        response = await self.send(method, path, timeout_s=timeout_s, **kwargs)
         if response.status_code == 404:
             raise NotFound(f"not found on cluster {name}: {path}")
         if response.status_code == 409:
@@ -197,8 +212,19 @@ class PulsarAdmin:
                 retry_after_s=self._retry_after_s,
             )
         if response.status_code >= 400:
-            raise BrokerError(f"cluster {name} answered {response.status_code}: {response.text}")
+            raise BrokerError(f"cluster {name} refused {method} {path}: {reason(response)}")
+        if not response.content:
+            return None
         try:
             return response.json()
         except ValueError:  # some endpoints label a plain "ok" as JSON
             return response.text
+
+
+def reason(response: httpx.Response) -> str:
+    """Pulsar's one-line explanation of an error answer."""
+    try:
+        text = str(response.json().get("reason", response.text))
+    except (ValueError, AttributeError):
+        text = response.text
+    return text.strip().splitlines()[0] if text.strip() else str(response.status_code)

@@ -6,6 +6,9 @@ Every replica reads it from there, so none keeps it. Pure: no broker needed.
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import TopicName
 
 SubscriptionType = Literal["shared", "key_shared"]
@@ -67,3 +70,58 @@ class SubscriptionConfig:
             low, high = (int(x) for x in own["retry_backoff_ms"].split(","))
             config = replace(config, retry_backoff_ms=(low, high))
         return config
+
+
+class SubscriptionSpec(BaseModel):
+    """A subscription's configuration as clients (and manifests) write it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["shared", "key_shared"] = Field(
+        default="shared",
+        description="`key_shared`: per-key order, never two messages of one key out at once.",
+    )
+    initial_position: Literal["earliest", "latest"] = Field(
+        default="latest", description="Where a new subscription starts. Ignored on update."
+    )
+    ack_deadline_ms: int = Field(default=30_000, ge=100, le=12 * 3600 * 1000)
+    max_deliveries: int | None = Field(
+        default=None, ge=1, description="After this many deliveries, to the dead-letter topic."
+    )
+    dead_letter_topic: str | None = Field(
+        default=None,
+        description="{tenant}/{namespace}/{topic} in the same tenant; "
+        "default {topic}-{subscription}-DLQ",
+    )
+    retry_backoff_ms: tuple[int, int] = Field(
+        default=(1_000, 60_000),
+        description="[min, max] delay before a nacked message (without `delay_ms`) returns; "
+        "doubles with each delivery.",
+    )
+
+    @field_validator("retry_backoff_ms")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError("retry_backoff_ms is [min, max] with 0 <= min <= max")
+        return value
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _topic_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.split("/")
+        if len(parts) != 3:
+            raise ValueError("dead_letter_topic is {tenant}/{namespace}/{topic}")
+        try:
+            TopicName.parse(*parts)
+        except InvalidRequest as exc:
+            raise ValueError(exc.detail) from exc
+        return value
+
+    def config(self, topic: TopicName) -> SubscriptionConfig:
+        if self.dead_letter_topic is not None:
+            if self.dead_letter_topic.split("/")[0] != topic.tenant:
+                raise InvalidRequest("dead_letter_topic must be in the topic's tenant")
+        return SubscriptionConfig(**self.model_dump())

@@ -1,9 +1,10 @@
-"""Integration fixtures: a real Pulsar standalone and a real gateway process in front of it.
+"""Integration fixtures: real Pulsar standalones and real gateway processes in front of them.
 
-The suite starts its own Pulsar (cluster `test`, ports 6651/8081/3182, data under
-local/data/test) through local/pulsar and stops it at the end, unless one is already
-running there; then it is reused and left running. Point the suite at another cluster with
-TEST_PULSAR_SERVICE_URL and TEST_PULSAR_ADMIN_URL.
+The suite starts its own Pulsar clusters through local/pulsar and stops them at the end:
+`east` (ports 6651/8081/3182, data under local/data/test-east) for every test, and `west`
+(6652/8082/3183, local/data/test-west) for the geo-replication tests. A cluster already
+running there is reused and left running. Point the single-cluster tests at another
+cluster with TEST_PULSAR_SERVICE_URL and TEST_PULSAR_ADMIN_URL.
 """
 
 import json
@@ -23,12 +24,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PULSAR_SCRIPT = ROOT / "local" / "pulsar"
-TEST_CLUSTER_ENV = {
-    "PULSAR_CLUSTER": "test",
-    "PULSAR_BROKER_PORT": "6651",
-    "PULSAR_WEB_PORT": "8081",
-    "PULSAR_BOOKIE_PORT": "3182",
-    "PULSAR_PYTHON": sys.executable,
+# Names match the clusters the example manifests in topics/ use.
+TEST_CLUSTERS = {
+    "east": {"PULSAR_BROKER_PORT": "6651", "PULSAR_WEB_PORT": "8081", "PULSAR_BOOKIE_PORT": "3182"},
+    "west": {"PULSAR_BROKER_PORT": "6652", "PULSAR_WEB_PORT": "8082", "PULSAR_BOOKIE_PORT": "3183"},
 }
 
 
@@ -45,10 +44,31 @@ class Gateway:
     process: subprocess.Popen[bytes]
 
 
-def _pulsar(command: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [str(PULSAR_SCRIPT), command], env={**os.environ, **TEST_CLUSTER_ENV}, check=False
-    )
+def _local_cluster(name: str) -> Iterator[PulsarCluster]:
+    """A local Pulsar standalone named `name`, started unless it is running already."""
+    env = {
+        **os.environ,
+        **TEST_CLUSTERS[name],
+        "PULSAR_CLUSTER": name,
+        "PULSAR_DATA_DIR": str(ROOT / "local" / "data" / f"test-{name}"),
+        "PULSAR_PYTHON": sys.executable,
+    }
+
+    def pulsar(command: str) -> int:
+        return subprocess.run([str(PULSAR_SCRIPT), command], env=env, check=False).returncode
+
+    already_running = pulsar("status") == 0
+    if not already_running and pulsar("start") != 0:
+        pytest.fail(f"the local Pulsar {name} did not start; see {env['PULSAR_DATA_DIR']}")
+    try:
+        yield PulsarCluster(
+            name,
+            f"pulsar://127.0.0.1:{env['PULSAR_BROKER_PORT']}",
+            f"http://127.0.0.1:{env['PULSAR_WEB_PORT']}",
+        )
+    finally:
+        if not already_running:
+            pulsar("stop")
 
 
 @pytest.fixture(scope="session")
@@ -58,19 +78,13 @@ def pulsar_cluster() -> Iterator[PulsarCluster]:
     if service_url and admin_url:
         yield PulsarCluster("configured", service_url, admin_url)
         return
-    already_running = _pulsar("status").returncode == 0
-    if not already_running and _pulsar("start").returncode != 0:
-        pytest.fail("the local Pulsar did not start; see local/data/test/pulsar.log")
-    cluster_name = TEST_CLUSTER_ENV["PULSAR_CLUSTER"]
-    try:
-        yield PulsarCluster(
-            cluster_name,
-            f"pulsar://127.0.0.1:{TEST_CLUSTER_ENV['PULSAR_BROKER_PORT']}",
-            f"http://127.0.0.1:{TEST_CLUSTER_ENV['PULSAR_WEB_PORT']}",
-        )
-    finally:
-        if not already_running:
-            _pulsar("stop")
+    yield from _local_cluster("east")
+
+
+@pytest.fixture(scope="session")
+def west_cluster() -> Iterator[PulsarCluster]:
+    """A second cluster, with its own metadata store, for geo-replication."""
+    yield from _local_cluster("west")
 
 
 def _free_port() -> int:
@@ -80,21 +94,23 @@ def _free_port() -> int:
         return port
 
 
-def start_gateway(cluster: PulsarCluster, **settings: str) -> Gateway:
-    """A `broker-gateway serve` process on a free port, ready to serve."""
+def clusters_setting(*clusters: PulsarCluster) -> str:
+    """GATEWAY_CLUSTERS for these clusters; the first carries the data plane."""
+    return json.dumps(
+        [{"name": c.name, "service_url": c.service_url, "admin_url": c.admin_url} for c in clusters]
+    )
+
+
+def start_gateway(cluster: PulsarCluster, *peers: PulsarCluster, **settings: str) -> Gateway:
+    """A `broker-gateway serve` process on a free port, ready to serve.
+
+    It publishes and reads on `cluster`; manifests may also use `peers`.
+    """
     port = _free_port()
     env = {
         **os.environ,
         "GATEWAY_PORT": str(port),
-        "GATEWAY_CLUSTERS": json.dumps(
-            [
-                {
-                    "name": cluster.name,
-                    "service_url": cluster.service_url,
-                    "admin_url": cluster.admin_url,
-                }
-            ]
-        ),
+        "GATEWAY_CLUSTERS": clusters_setting(cluster, *peers),
         **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
     }
     process = subprocess.Popen([sys.executable, "-m", "broker_gateway", "serve"], env=env, cwd=ROOT)
