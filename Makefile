@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PULSAR := local/pulsar
+# make run's two local clusters, east and west, which the manifests in topics/ use.
+EAST := PULSAR_CLUSTER=east
+WEST := PULSAR_CLUSTER=west PULSAR_BROKER_PORT=6660 PULSAR_WEB_PORT=8090 PULSAR_BOOKIE_PORT=3191
 export PULSAR_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit lint format clean
@@ -25,21 +28,25 @@ install: $(STAMP) ## Create .venv and install the package with its pinned depend
 pulsar-fetch: ## Resolve the Pulsar jars from Maven Central (cached in ~/.m2)
 	$(PULSAR) fetch
 
-pulsar-start: $(STAMP) pulsar-fetch ## Start the local Pulsar standalone (ports 6650/8080)
-	$(PULSAR) start
+pulsar-start: $(STAMP) pulsar-fetch ## Start local Pulsar clusters east (6650/8080) and west (6660/8090)
+	@$(EAST) $(PULSAR) start & east=$$!; $(WEST) $(PULSAR) start & west=$$!; \
+	  wait $$east && wait $$west
 
-pulsar-stop: ## Stop the local Pulsar standalone
-	$(PULSAR) stop
+pulsar-stop: ## Stop the local Pulsar clusters
+	@$(EAST) $(PULSAR) stop & $(WEST) $(PULSAR) stop & wait
 
-run: pulsar-start ## Start Pulsar and serve the gateway on 127.0.0.1:8000 (Ctrl-C stops both)
-	@echo
-	@echo "  broker-gateway on http://127.0.0.1:8000  (API docs: http://127.0.0.1:8000/docs)"
-	@echo "  try:"
-	@echo "    curl -s -XPOST localhost:8000/v1/topics/public/default/demo/messages \\"
-	@echo "         -H 'content-type: application/json' -d '{\"messages\": [{\"value\": {\"hello\": \"pulsar\"}}]}'"
-	@echo "    curl -s 'localhost:8000/v1/topics/public/default/demo/messages?position=earliest'"
-	@echo
-	@trap '$(PULSAR) stop' EXIT; $(BIN)/broker-gateway serve
+run: pulsar-start ## Start Pulsar, apply topics/ and serve on 127.0.0.1:8000 (Ctrl-C stops all)
+	@trap '$(MAKE) --no-print-directory pulsar-stop' EXIT; \
+	$(BIN)/broker-gateway apply topics || echo "  (topics/ was not applied: see above)"; \
+	echo; \
+	echo "  broker-gateway on http://127.0.0.1:8000  (API docs: http://127.0.0.1:8000/docs)"; \
+	echo "  try:"; \
+	echo "    curl -s -XPOST localhost:8000/v1/topics/acme/orders/shipped/messages \\"; \
+	echo "         -H 'content-type: application/json' -d '{\"messages\": [{\"value\": {\"order_id\": \"o-1\"}}]}'"; \
+	echo "    curl -s 'localhost:8000/v1/topics/acme/orders/shipped/messages?position=earliest'"; \
+	echo "    $(BIN)/broker-gateway plan topics     # after editing a manifest"; \
+	echo; \
+	$(BIN)/broker-gateway serve
 
 test: $(STAMP) pulsar-fetch ## Run every test; the suite starts (and stops) its own Pulsar
 	$(BIN)/pytest

@@ -40,6 +40,10 @@ run work queues, all over plain HTTP.
 
 Topics are `{tenant}/{namespace}/{topic}` and always mean the persistent Pulsar topic.
 Every error is `application/problem+json` with a stable `code` to switch on.
+
+The platform team's manifests (tenants, namespaces, topics, schemas, subscriptions and
+geo-replication, as YAML) are validated, planned, applied and exported under
+`/v1/manifests`, against the clusters the gateway is configured with.
 """
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 import yaml
 
-from broker_gateway.errors import GatewayError
+from broker_gateway.errors import GatewayError, problem_for
 from broker_gateway.manifests.engine import ManifestEngine
 from broker_gateway.manifests.loader import load_paths
 from broker_gateway.manifests.render import plan_json, plan_text
@@ -104,10 +104,10 @@ def _run(command: Callable[..., Coroutine[Any, Any, int]]) -> Callable[..., int]
         try:
             return asyncio.run(command(args, settings))
         except GatewayError as exc:
-            print(
-                f"error: {exc.detail.split('; ')[0] if exc.extra else exc.detail}", file=sys.stderr
-            )
-            for item in (*exc.extra.get("errors", ()), *exc.extra.get("destructive", ())):
+            items = [*exc.extra.get("errors", ()), *exc.extra.get("destructive", ())]
+            headline = problem_for(exc).title if items else exc.detail
+            print(f"error: {headline}", file=sys.stderr)
+            for item in items:
                 print(f"  - {item}", file=sys.stderr)
             return 1
 

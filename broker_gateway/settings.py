@@ -19,13 +19,19 @@ class Cluster(BaseModel):
         return value
 
 
-def _local_cluster() -> list[Cluster]:
+def _local_clusters() -> list[Cluster]:
+    """The two clusters `make run` starts (see local/pulsar)."""
     return [
         Cluster(
-            name="standalone",
+            name="east",
             service_url="pulsar://127.0.0.1:6650",
             admin_url=HttpUrl("http://127.0.0.1:8080"),
-        )
+        ),
+        Cluster(
+            name="west",
+            service_url="pulsar://127.0.0.1:6660",
+            admin_url=HttpUrl("http://127.0.0.1:8090"),
+        ),
     ]
 
 
@@ -38,9 +44,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
 
-    # The first cluster carries the data plane (publish, read, queues); all of them are
-    # checked by /readyz. As JSON: GATEWAY_CLUSTERS='[{"name": ..., "service_url": ..., ...}]'.
-    clusters: list[Cluster] = Field(default_factory=_local_cluster, min_length=1)
+    # The first cluster carries the data plane (publish, read, queues); manifests may use
+    # any of them, and /readyz checks them all. Manifests name clusters, never URLs.
+    # As JSON: GATEWAY_CLUSTERS='[{"name": ..., "service_url": ..., "admin_url": ...}]'.
+    clusters: list[Cluster] = Field(default_factory=_local_clusters, min_length=1)
     pulsar_operation_timeout_s: float = Field(default=10.0, gt=0)
     pulsar_connect_timeout_s: float = Field(default=5.0, gt=0)
     pulsar_io_threads: int = Field(default=1, ge=1)

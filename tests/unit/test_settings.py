@@ -11,6 +11,8 @@ def test_defaults_point_at_the_local_pulsar(monkeypatch: pytest.MonkeyPatch) -> 
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.data_cluster.service_url == "pulsar://127.0.0.1:6650"
     assert str(settings.data_cluster.admin_url) == "http://127.0.0.1:8080/"
+    # make run starts east and west, which the example manifests in topics/ use.
+    assert [c.name for c in settings.clusters] == ["east", "west"]
 
 
 def test_environment_overrides_with_gateway_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
