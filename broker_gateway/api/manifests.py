@@ -5,8 +5,9 @@ from typing import Annotated, Any, Final
 import orjson
 import yaml
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from broker_gateway.api.deps import Engine
 from broker_gateway.api.responses import JSON
@@ -65,7 +66,12 @@ async def _read(request: Request, allow_destructive: bool, prune: bool) -> _Opti
         except orjson.JSONDecodeError as exc:
             raise InvalidManifest([Problem("body", f"not valid JSON: {exc}")]) from exc
         if isinstance(parsed, dict) and "documents" in parsed:
-            options = ManifestRequest.model_validate(parsed)
+            try:
+                options = ManifestRequest.model_validate(parsed)
+            except ValidationError as exc:
+                raise RequestValidationError(
+                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+                ) from exc
             return _Options(
                 [(f"body#{i}", d) for i, d in enumerate(options.documents, start=1)],
                 allow_destructive or options.allow_destructive,

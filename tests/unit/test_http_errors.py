@@ -137,3 +137,50 @@ def test_idempotency_key_while_its_store_cannot_load_is_503(client: TestClient) 
     )
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "broker_unavailable"
+
+
+MANIFEST = """
+apiVersion: broker-gateway/v1
+kind: Tenant
+metadata: {name: acme}
+spec: {clusters: [down]}
+"""
+
+
+def test_manifest_that_is_not_yaml_is_an_invalid_manifest_problem(client: TestClient) -> None:
+    response = client.post(
+        "/v1/manifests/plan", content="kind: [", headers={"content-type": "application/yaml"}
+    )
+    body = assert_problem(response, 422, "invalid_manifest")
+    assert body["errors"]
+
+
+def test_manifest_naming_an_unknown_cluster_is_refused_before_any_call(client: TestClient) -> None:
+    response = client.post(
+        "/v1/manifests/apply",
+        content=MANIFEST.replace("[down]", "[mars]"),
+        headers={"content-type": "application/yaml"},
+    )
+    body = assert_problem(response, 422, "invalid_manifest")
+    assert any("unknown cluster mars" in e for e in body["errors"])  # type: ignore[attr-defined]
+
+
+def test_manifest_json_with_a_bad_option_is_an_invalid_request(client: TestClient) -> None:
+    response = client.post(
+        "/v1/manifests/apply", json={"documents": [], "allow_destructive": "maybe"}
+    )
+    assert_problem(response, 422, "invalid_request")
+
+
+def test_plan_against_a_cluster_that_is_down_is_unavailable(client: TestClient) -> None:
+    response = client.post(
+        "/v1/manifests/plan", content=MANIFEST, headers={"content-type": "application/yaml"}
+    )
+    assert_problem(response, 503, "broker_unavailable")
+    assert response.headers["retry-after"].isdigit()
+
+
+def test_export_of_an_invalid_tenant_name_is_an_invalid_request(client: TestClient) -> None:
+    assert_problem(
+        client.get("/v1/manifests/export", params={"tenant": "../admin"}), 422, "invalid_request"
+    )
