@@ -10,6 +10,11 @@ class Cluster(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     service_url: str = Field(description="Binary protocol URL, e.g. pulsar://127.0.0.1:6650")
     admin_url: HttpUrl = Field(description="Admin REST URL, e.g. http://127.0.0.1:8080")
+    token: SecretStr | None = Field(
+        default=None,
+        description="JWT the gateway presents to this cluster when Pulsar runs with token "
+        "authentication; also handed to peers' replicators when manifests register it.",
+    )
 
     @field_validator("service_url")
     @classmethod

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jwt
 import pulsar
 import pytest
 
@@ -38,10 +40,47 @@ class PulsarCluster:
     admin_url: str
 
 
+# The gateway checks every request's token; the suite signs its tokens with this secret.
+GATEWAY_SECRET = "integration-tests-only-gateway-signing-secret"
+ALL_SCOPES = ("publish", "consume", "admin")
+
+
+def token(
+    principal: str = "tests",
+    tenants: Sequence[str] = ("*",),
+    scopes: Sequence[str] = ALL_SCOPES,
+    *,
+    secret: str = GATEWAY_SECRET,
+    expires_in_s: int = 3600,
+    **claims: Any,
+) -> str:
+    """A gateway token (HS256); by default for every tenant and scope."""
+    now = int(time.time())
+    payload = {
+        "sub": principal,
+        "tenants": list(tenants),
+        "scopes": list(scopes),
+        "aud": "broker-gateway",
+        "iat": now,
+        "exp": now + expires_in_s,
+        **claims,
+    }
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def bearer(value: str | None = None) -> dict[str, str]:
+    """An Authorization header with `value`, or a token for every tenant and scope."""
+    return {"Authorization": f"Bearer {value or token()}"}
+
+
 @dataclass(frozen=True)
 class Gateway:
     url: str
     process: subprocess.Popen[bytes]
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client for this gateway, with a token for every tenant and scope."""
+        return httpx.Client(base_url=self.url, headers=bearer(), **{"timeout": 30, **kwargs})
 
 
 def _local_cluster(name: str) -> Iterator[PulsarCluster]:
@@ -111,6 +150,7 @@ def start_gateway(cluster: PulsarCluster, *peers: PulsarCluster, **settings: str
         **os.environ,
         "GATEWAY_PORT": str(port),
         "GATEWAY_CLUSTERS": clusters_setting(cluster, *peers),
+        "GATEWAY_AUTH_HS256_SECRET": GATEWAY_SECRET,
         **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
     }
     process = subprocess.Popen([sys.executable, "-m", "broker_gateway", "serve"], env=env, cwd=ROOT)
@@ -149,7 +189,7 @@ def gateway(pulsar_cluster: PulsarCluster) -> Iterator[Gateway]:
 
 @pytest.fixture
 def http(gateway: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+    with gateway.client() as client:
         yield client
 
 

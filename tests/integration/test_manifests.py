@@ -29,7 +29,7 @@ V1 = "broker-gateway/v1"
 def geo(pulsar_cluster: PulsarCluster, west_cluster: PulsarCluster) -> Iterator[httpx.Client]:
     """A gateway publishing on east that manages both clusters."""
     gateway = start_gateway(pulsar_cluster, west_cluster)
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+    with gateway.client(timeout=60) as client:
         yield client
     stop_gateway(gateway)
 
@@ -118,7 +118,7 @@ def test_example_manifests_replicate_messages_published_on_east_to_west(
     seen: set[str] = set()
     cursor = "earliest"
     deadline = time.monotonic() + 60
-    with httpx.Client(base_url=west_gateway.url, timeout=60) as west:
+    with west_gateway.client(timeout=60) as west:
         while len(seen) < len(events) and time.monotonic() < deadline:
             page = west.get(
                 "/v1/topics/acme/orders/created/messages",

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pulsar
 
-from tests.integration.conftest import PulsarCluster, start_gateway, stop_gateway
+from tests.integration.conftest import PulsarCluster, bearer, start_gateway, stop_gateway
 
 
 def read_all(http: httpx.Client, topic: str) -> list[dict[str, object]]:
@@ -110,16 +110,20 @@ def test_idempotency_key_survives_a_gateway_restart(
     first_gateway = start_gateway(pulsar_cluster)
     try:
         first = httpx.post(
-            f"{first_gateway.url}/v1/topics/{topic}/messages", json=body, headers=headers
+            f"{first_gateway.url}/v1/topics/{topic}/messages",
+            json=body,
+            headers={**headers, **bearer()},
         )
     finally:
         stop_gateway(first_gateway)
     second_gateway = start_gateway(pulsar_cluster)
     try:
         retry = httpx.post(
-            f"{second_gateway.url}/v1/topics/{topic}/messages", json=body, headers=headers
+            f"{second_gateway.url}/v1/topics/{topic}/messages",
+            json=body,
+            headers={**headers, **bearer()},
         )
-        with httpx.Client(base_url=second_gateway.url) as http:
+        with second_gateway.client() as http:
             stored = read_all(http, topic)
     finally:
         stop_gateway(second_gateway)
@@ -204,7 +208,9 @@ def test_idle_producers_are_closed(pulsar_cluster: PulsarCluster, admin: httpx.C
     gateway = start_gateway(pulsar_cluster, producer_idle_timeout_s="1")
     try:
         published = httpx.post(
-            f"{gateway.url}/v1/topics/{topic}/messages", json={"messages": [{"value": 1}]}
+            f"{gateway.url}/v1/topics/{topic}/messages",
+            json={"messages": [{"value": 1}]},
+            headers=bearer(),
         )
         assert published.status_code == 200
         assert len(admin.get(f"/persistent/{topic}/stats").json()["publishers"]) == 1
@@ -226,9 +232,10 @@ def test_a_message_pulsar_rejects_fails_alone_with_207(
         response = httpx.post(
             f"{gateway.url}/v1/topics/{topic}/messages",
             json={"messages": [{"value": "small"}, {"data": too_big}, {"value": "also small"}]},
+            headers=bearer(),
             timeout=60,
         )
-        with httpx.Client(base_url=gateway.url) as http:
+        with gateway.client() as http:
             stored = read_all(http, topic)
     finally:
         stop_gateway(gateway)

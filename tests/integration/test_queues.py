@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, PulsarCluster, start_gateway, stop_gateway
+from tests.integration.conftest import Gateway, PulsarCluster, bearer, start_gateway, stop_gateway
 
 SECRET = "test-receipt-secret"
 
@@ -35,7 +35,9 @@ class Queue:
         self.topic = topic
         self.path = f"/v1/topics/{topic}/subscriptions/{subscription}"
         # One pooled client: workers make hundreds of calls.
-        self.http = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16))
+        self.http = httpx.Client(
+            timeout=60, limits=httpx.Limits(max_connections=16), headers=bearer()
+        )
 
     def url(self, replica: int, suffix: str = "") -> str:
         return f"{self.replicas[replica % len(self.replicas)].url}{self.path}{suffix}"
@@ -193,7 +195,7 @@ def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_redriven_bac
         queue.settle(replica + 1, "nack", [message["receipt"]], delay_ms=0)
     assert attempts == [1, 2, 3]
     dlq = f"{queue.topic}-work-DLQ"
-    dead_letters = httpx.get(
+    dead_letters = queue.http.get(
         f"{queue.replicas[0].url}/v1/topics/{dlq}/messages",
         params={"wait_ms": 15_000},
         timeout=30,
@@ -205,7 +207,7 @@ def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_redriven_bac
     assert dead["properties"]["DELIVERY_COUNT"] == "3"
     assert queue.stats()["dead_letter_backlog"] == 1
 
-    moved = httpx.post(queue.url(1, "/dead-letters/redrive"), json={}, timeout=30).json()
+    moved = queue.http.post(queue.url(1, "/dead-letters/redrive"), json={}).json()
     assert moved == {"moved": 1}
     [back] = queue.pull(0, wait_ms=10_000)
     assert back["value"] == "poison" and back["delivery_attempt"] == 1
@@ -287,7 +289,7 @@ def test_forged_edited_and_foreign_receipts_are_invalid(queue: Queue) -> None:
 
 def test_pull_on_a_missing_subscription_is_404(queue: Queue) -> None:
     queue.publish([{"value": 1}])
-    response = httpx.post(queue.url(0, "/pull"), json={}, timeout=30)
+    response = queue.http.post(queue.url(0, "/pull"), json={})
     assert response.status_code == 404
     assert response.json()["code"] == "subscription_not_found"
 
@@ -305,8 +307,8 @@ def test_configure_is_idempotent_and_get_reports_config_and_stats(queue: Queue) 
     assert stats["backlog"] == 3 and stats["unacked"] >= 1
     assert stats["oldest_unacked_age_ms"] >= 0 and stats["consumers"] >= 1
     assert stats["dead_letter_backlog"] == 0
-    assert httpx.delete(queue.url(0), timeout=30).status_code == 204
-    assert httpx.get(queue.url(1), timeout=30).json()["code"] == "subscription_not_found"
+    assert queue.http.delete(queue.url(0)).status_code == 204
+    assert queue.http.get(queue.url(1)).json()["code"] == "subscription_not_found"
 
 
 def test_seek_to_earliest_replays_acked_messages(queue: Queue) -> None:
@@ -314,7 +316,7 @@ def test_seek_to_earliest_replays_acked_messages(queue: Queue) -> None:
     queue.publish([{"value": n} for n in range(3)])
     first = queue.pull(0, max_messages=3, wait_ms=5000)
     queue.settle(1, "ack", receipts(first))
-    seek = httpx.post(queue.url(1, "/seek"), json={"position": "earliest"}, timeout=30)
+    seek = queue.http.post(queue.url(1, "/seek"), json={"position": "earliest"})
     assert seek.status_code == 204
     replayed: list[dict[str, Any]] = []
     deadline = time.monotonic() + 20

@@ -168,9 +168,10 @@ def test_a_cursor_from_one_replica_continues_on_another(
     first = http.get(f"/v1/topics/{topic}/messages", params={"limit": 10}).json()
     other = start_gateway(pulsar_cluster)
     try:
-        rest = httpx.get(
-            f"{other.url}/v1/topics/{topic}/messages", params={"position": first["next"]}
-        ).json()
+        with other.client() as client:
+            rest = client.get(
+                f"/v1/topics/{topic}/messages", params={"position": first["next"]}
+            ).json()
     finally:
         stop_gateway(other)
     numbers = [m["value"]["n"] for m in first["messages"] + rest["messages"]]

@@ -107,7 +107,10 @@ def test_ndjson_streams_one_message_per_line_with_its_cursor(
 def test_idle_stream_gets_heartbeats(pulsar_cluster: PulsarCluster, topic: str) -> None:
     gateway = start_gateway(pulsar_cluster, stream_heartbeat_s="0.2")
     try:
-        with httpx.stream("GET", f"{gateway.url}/v1/topics/{topic}/stream", timeout=30) as r:
+        with (
+            gateway.client() as client,
+            client.stream("GET", f"/v1/topics/{topic}/stream") as r,
+        ):
             assert r.status_code == 200
             comments = []
             for event in sse_events(r.iter_lines()):
