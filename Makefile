@@ -35,15 +35,28 @@ pulsar-start: $(STAMP) pulsar-fetch ## Start local Pulsar clusters east (6650/80
 pulsar-stop: ## Stop the local Pulsar clusters
 	@$(EAST) $(PULSAR) stop & $(WEST) $(PULSAR) stop & wait
 
-run: pulsar-start ## Start Pulsar, apply topics/ and serve on 127.0.0.1:8000 (Ctrl-C stops all)
+# make run signs development tokens with a secret of its own, made once, kept out of git.
+DEV_SECRET := local/data/gateway-dev-secret
+
+$(DEV_SECRET): $(STAMP)
+	@mkdir -p $(@D)
+	@$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' > $@
+
+run: pulsar-start $(DEV_SECRET) ## Start Pulsar, apply topics/, serve on 127.0.0.1:8000 with a dev token (Ctrl-C stops all)
 	@trap '$(MAKE) --no-print-directory pulsar-stop' EXIT; \
+	export GATEWAY_AUTH_HS256_SECRET=$$(cat $(DEV_SECRET)); \
 	$(BIN)/broker-gateway apply topics || echo "  (topics/ was not applied: see above)"; \
+	token=$$($(BIN)/broker-gateway token --principal developer --scope publish,consume,admin --expires-in 7d); \
 	echo; \
 	echo "  broker-gateway on http://127.0.0.1:8000  (API docs: http://127.0.0.1:8000/docs)"; \
+	echo "  development token (every tenant and scope, valid 7 days):"; \
+	echo; \
+	echo "    export TOKEN=$$token"; \
+	echo; \
 	echo "  try:"; \
-	echo "    curl -s -XPOST localhost:8000/v1/topics/acme/orders/shipped/messages \\"; \
+	echo "    curl -s -XPOST localhost:8000/v1/topics/acme/orders/shipped/messages -H \"authorization: Bearer \$$TOKEN\" \\"; \
 	echo "         -H 'content-type: application/json' -d '{\"messages\": [{\"value\": {\"order_id\": \"o-1\"}}]}'"; \
-	echo "    curl -s 'localhost:8000/v1/topics/acme/orders/shipped/messages?position=earliest'"; \
+	echo "    curl -s 'localhost:8000/v1/topics/acme/orders/shipped/messages?position=earliest' -H \"authorization: Bearer \$$TOKEN\""; \
 	echo "    $(BIN)/broker-gateway plan topics     # after editing a manifest"; \
 	echo; \
 	$(BIN)/broker-gateway serve

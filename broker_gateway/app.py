@@ -19,15 +19,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker_gateway import __version__
 from broker_gateway.api import health, manifests, publish, queue, read, stream
 from broker_gateway.api.responses import ProblemJSON
+from broker_gateway.auth import Authenticator
 from broker_gateway.errors import (
     HTTP_STATUS_CODES,
     GatewayError,
     InvalidRequest,
     Problem,
+    Unauthenticated,
     problem_body,
     problem_for,
 )
-from broker_gateway.limits import BodySizeLimit
+from broker_gateway.limits import BodySizeLimit, StreamSlots, TenantLimits
 from broker_gateway.metrics import Metrics
 from broker_gateway.pulsar.service import PulsarService
 from broker_gateway.settings import Settings
@@ -44,6 +46,18 @@ Every error is `application/problem+json` with a stable `code` to switch on.
 The platform team's manifests (tenants, namespaces, topics, schemas, subscriptions and
 geo-replication, as YAML) are validated, planned, applied and exported under
 `/v1/manifests`, against the clusters the gateway is configured with.
+
+**Authentication.** Every `/v1` route needs `Authorization: Bearer <token>`: a JWT (HS256,
+RS256 or ES256, with `exp`, `aud` and optional `nbf` checked) or an API key. The token
+names a principal (`sub`), its `tenants` (`*` for all) and `scopes`: `publish` to publish,
+`consume` to read, stream and use work queues, `admin` for manifests. Without a valid
+token: 401 `unauthenticated`; outside its tenants or scopes: 403 `forbidden`. Cursors and
+receipts only work on the topic (and subscription) they were made for.
+
+**Limits.** Bodies over the size limit and publishes of too many messages are 413
+`payload_too_large`; a tenant over its request or byte rate, or a principal over its
+number of open streams, gets 429 `rate_limited` with `Retry-After`. `wait_ms` above the
+maximum is lowered to it. `/livez`, `/readyz`, `/metrics` and the docs need no token.
 """
 
 
@@ -70,6 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.auth = Authenticator(settings)
+    app.state.limits = TenantLimits(settings)
+    app.state.streams = StreamSlots(
+        settings.max_streams_per_principal, settings.broker_retry_after_s
+    )
     for router in (
         health.router,
         publish.router,
@@ -95,7 +114,9 @@ def _problem(
 
 
 def gateway_error_response(error: GatewayError) -> ProblemJSON:
-    headers = None if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+    headers = {} if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="broker-gateway"'
     return _problem(problem_for(error), error.detail, headers, **error.extra)
 
 
@@ -116,6 +137,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:  # FastAPI could not parse the body: bad input, like any
+            error = InvalidRequest(f"the body is not valid JSON: {exc.detail}")
+            return _problem(problem_for(error), error.detail)
         code = HTTP_STATUS_CODES.get(exc.status_code, "http_error")
         problem = Problem(exc.status_code, code, code.replace("_", " ").capitalize())
         return _problem(problem, str(exc.detail), dict(exc.headers or {}))

@@ -2,8 +2,10 @@
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
+import secrets
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -12,16 +14,28 @@ from typing import Any
 
 import uvicorn
 import yaml
+from pydantic import ValidationError
 
+from broker_gateway.auth import SCOPES, Authenticator, mint
 from broker_gateway.errors import GatewayError, problem_for
 from broker_gateway.manifests.engine import ManifestEngine
 from broker_gateway.manifests.loader import load_paths
 from broker_gateway.manifests.render import plan_json, plan_text
+from broker_gateway.manifests.units import parse_duration
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.settings import Settings
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> None:
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        Authenticator(settings)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.auth_enabled:
+        logging.getLogger(__name__).warning(
+            "authentication is OFF (GATEWAY_AUTH_ENABLED=false): anyone may do anything"
+        )
     uvicorn.run(
         "broker_gateway.app:create_app",
         factory=True,
@@ -32,6 +46,55 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
     )
+    return 0
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a token for local use, or a new API key and its line for the keys file."""
+    scopes = [s for part in args.scope or ["publish,consume"] for s in part.split(",") if s]
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        print(f"error: unknown scope {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    try:
+        expires_in_s = parse_duration(args.expires_in)
+    except ValueError as exc:
+        print(f"error: --expires-in: {exc}", file=sys.stderr)
+        return 2
+    tenants = args.tenant or ["*"]
+    if args.api_key:
+        key = secrets.token_urlsafe(32)
+        entry = {
+            "sha256": hashlib.sha256(key.encode()).hexdigest(),
+            "principal": args.principal,
+            "tenants": tenants,
+            "scopes": scopes,
+        }
+        print(key)
+        print("# for GATEWAY_AUTH_API_KEYS_FILE:", file=sys.stderr)
+        print(yaml.safe_dump([entry], sort_keys=False).rstrip(), file=sys.stderr)
+        return 0
+    if args.private_key:
+        signing_key: str | bytes = Path(args.private_key).read_bytes()
+        algorithm = args.algorithm
+    elif settings.auth_hs256_secret is not None:
+        signing_key, algorithm = settings.auth_hs256_secret.get_secret_value(), "HS256"
+    else:
+        print("error: set GATEWAY_AUTH_HS256_SECRET or pass --private-key", file=sys.stderr)
+        return 2
+    print(
+        mint(
+            signing_key,
+            principal=args.principal,
+            tenants=tenants,
+            scopes=scopes,
+            expires_in_s=expires_in_s,
+            audience=settings.auth_audience,
+            algorithm=algorithm,
+            issuer=settings.auth_issuer,
+        )
+    )
+    return 0
 
 
 @asynccontextmanager
@@ -157,6 +220,26 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--json", action="store_true", help="print plan and steps as JSON")
     apply.set_defaults(run=_run(_apply))
 
+    token = commands.add_parser("token", help="mint a token (or an API key) for local use")
+    token.add_argument("--principal", default="developer", help="who the token names (sub)")
+    token.add_argument(
+        "--tenant", action="append", help="a tenant it may use (repeatable; default *: all)"
+    )
+    token.add_argument(
+        "--scope",
+        action="append",
+        help="publish, consume, admin (repeatable or comma-separated; default publish,consume)",
+    )
+    token.add_argument("--expires-in", default="24h", help="lifetime, e.g. 30m, 24h, 7d")
+    token.add_argument(
+        "--private-key", help="sign with this PEM private key instead of the HS256 secret"
+    )
+    token.add_argument("--algorithm", choices=("RS256", "ES256"), default="RS256")
+    token.add_argument(
+        "--api-key", action="store_true", help="make an API key and its keys-file entry instead"
+    )
+    token.set_defaults(run=_token)
+
     export = commands.add_parser("export", help="write live state as manifests")
     export.add_argument("--tenant", action="append", help="tenant to export (repeatable)")
     export.add_argument("--format", choices=("yaml", "json"), default="yaml")
@@ -167,7 +250,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"GATEWAY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        sys.exit(f"error: invalid settings: {problems}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -16,6 +16,18 @@ class GatewayError(Exception):
         self.extra: dict[str, Any] = {}
 
 
+class Unauthenticated(GatewayError):
+    """No credential, or one the gateway cannot verify."""
+
+
+class Forbidden(GatewayError):
+    """A valid credential without the scope or tenant the request needs."""
+
+
+class RateLimited(GatewayError):
+    """A tenant or principal is over one of its limits; retry after `retry_after_s`."""
+
+
 class InvalidRequest(GatewayError):
     """The request is malformed: bad JSON, bad name, bad position, ..."""
 
@@ -97,6 +109,9 @@ class Problem:
 # inherits its parent's.
 PROBLEMS: dict[type[GatewayError], Problem] = {
     GatewayError: Problem(500, "internal_error", "Internal error"),
+    Unauthenticated: Problem(401, "unauthenticated", "Unauthenticated"),
+    Forbidden: Problem(403, "forbidden", "Forbidden"),
+    RateLimited: Problem(429, "rate_limited", "Too many requests"),
     InvalidRequest: Problem(422, "invalid_request", "Invalid request"),
     IdempotencyKeyReused: Problem(422, "idempotency_key_reused", "Idempotency-Key reused"),
     InvalidManifest: Problem(422, "invalid_manifest", "Invalid manifest"),

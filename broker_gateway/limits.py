@@ -1,8 +1,15 @@
-"""Request limits enforced before a route runs."""
+"""Limits that keep one client from exhausting the gateway: body size, rates, streams."""
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker_gateway.errors import PayloadTooLarge
+from broker_gateway.errors import PayloadTooLarge, RateLimited
+from broker_gateway.settings import Settings
 
 
 class BodySizeLimit:
@@ -33,3 +40,89 @@ class BodySizeLimit:
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the body is larger than {self.max_bytes} bytes")
+
+
+class TokenBucket:
+    """`rate` tokens a second, up to `burst` saved up. Not thread-safe: one event loop."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    def take(self, amount: float) -> float:
+        """Take `amount`; 0 when granted, else the seconds until it would be."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if amount <= self._tokens:
+            self._tokens -= amount
+            return 0.0
+        # More than a burst can never be granted at once; let it through when full.
+        if amount > self.burst and self._tokens >= self.burst:
+            self._tokens = 0
+            return 0.0
+        return (min(amount, self.burst) - self._tokens) / self.rate
+
+
+class TenantLimits:
+    """Per-tenant request and byte rates, kept in this replica's memory.
+
+    Each replica enforces the configured rates on its own share of the traffic.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._requests: dict[str, TokenBucket] = {}
+        self._bytes: dict[str, TokenBucket] = {}
+
+    def request(self, tenant: str) -> None:
+        """Raises: RateLimited over the tenant's request rate."""
+        rate = self._settings.tenant_requests_per_s
+        if rate:
+            bucket = self._requests.get(tenant)
+            if bucket is None:
+                bucket = TokenBucket(rate, self._settings.tenant_request_burst)
+                self._requests[tenant] = bucket
+            self._check(bucket.take(1), f"tenant {tenant} is over {rate:g} requests a second")
+
+    def published(self, tenant: str, size: int) -> None:
+        """Raises: RateLimited over the tenant's byte rate (nothing is published then)."""
+        rate = self._settings.tenant_bytes_per_s
+        if rate:
+            bucket = self._bytes.get(tenant)
+            if bucket is None:
+                bucket = TokenBucket(rate, self._settings.tenant_byte_burst)
+                self._bytes[tenant] = bucket
+            self._check(bucket.take(size), f"tenant {tenant} is over {rate:g} bytes a second")
+
+    @staticmethod
+    def _check(wait_s: float, detail: str) -> None:
+        if wait_s > 0:
+            raise RateLimited(detail, retry_after_s=max(1, math.ceil(wait_s)))
+
+
+class StreamSlots:
+    """How many live streams each principal holds open on this replica."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        self._limit = limit
+        self._retry_after_s = retry_after_s
+        self._open: Counter[str] = Counter()
+
+    @contextmanager
+    def hold(self, principal: str) -> Iterator[None]:
+        """Raises: RateLimited when the principal already holds `limit` streams."""
+        if self._open[principal] >= self._limit:
+            raise RateLimited(
+                f"{principal} already has {self._limit} streams open",
+                retry_after_s=self._retry_after_s,
+            )
+        self._open[principal] += 1
+        try:
+            yield
+        finally:
+            self._open[principal] -= 1
+            if not self._open[principal]:
+                del self._open[principal]

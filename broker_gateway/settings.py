@@ -1,5 +1,7 @@
 """The gateway's configuration: one class, read from `GATEWAY_*` environment variables."""
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -59,6 +61,26 @@ class Settings(BaseSettings):
     # How long a request may wait on the broker before 503/504, and what Retry-After says.
     broker_retry_after_s: int = Field(default=5, ge=1)
     readiness_timeout_s: float = Field(default=2.0, gt=0)
+
+    # Authentication is on unless switched off explicitly (local development only). Tokens
+    # are JWTs signed with the HS256 secret or a key in the PEM file (RS256, ES256), or API
+    # keys listed by their SHA-256 in the keys file.
+    auth_enabled: bool = True
+    auth_hs256_secret: SecretStr | None = Field(default=None, min_length=32)
+    auth_public_keys_file: Path | None = None
+    auth_api_keys_file: Path | None = None
+    auth_audience: str = "broker-gateway"
+    auth_issuer: str | None = None
+    auth_leeway_s: int = Field(default=30, ge=0, le=300)
+
+    # Per tenant, per replica: requests and published bytes per second (0: no limit), with
+    # bursts of up to `*_burst`. Over a limit: 429 with Retry-After.
+    tenant_requests_per_s: float = Field(default=500.0, ge=0)
+    tenant_request_burst: int = Field(default=1000, ge=1)
+    tenant_bytes_per_s: float = Field(default=32 * 1024 * 1024, ge=0)
+    tenant_byte_burst: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Live streams one principal may hold open at once, per replica.
+    max_streams_per_principal: int = Field(default=16, ge=1)
 
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_messages_per_request: int = Field(default=1000, ge=1)

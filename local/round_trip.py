@@ -1,8 +1,12 @@
 """Produce one message and consume it back with pulsar-client: proof the broker works.
 
 Usage: python local/round_trip.py pulsar://127.0.0.1:6650
+
+With PULSAR_AUTH_TOKEN set (a JWT), the client authenticates with it. It comes from the
+environment rather than the command line so that it never shows in the process list.
 """
 
+import os
 import sys
 import uuid
 
@@ -11,7 +15,12 @@ import pulsar
 
 def main(service_url: str) -> None:
     topic = f"persistent://public/default/round-trip-{uuid.uuid4().hex}"
-    client = pulsar.Client(service_url, operation_timeout_seconds=10)
+    token = os.environ.get("PULSAR_AUTH_TOKEN")
+    client = pulsar.Client(
+        service_url,
+        operation_timeout_seconds=10,
+        authentication=pulsar.AuthenticationToken(token) if token else None,
+    )
     try:
         consumer = client.subscribe(topic, "round-trip")
         producer = client.create_producer(topic)

@@ -1,9 +1,13 @@
-"""What routes are handed: settings, the Pulsar service, validated names."""
+"""What routes are handed: settings, the Pulsar service, validated names, the caller."""
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from broker_gateway.auth import Authenticator, Principal, Scope
+from broker_gateway.limits import StreamSlots, TenantLimits
 from broker_gateway.manifests.engine import ManifestEngine
 from broker_gateway.metrics import Metrics
 from broker_gateway.pulsar.codecs import TopicName
@@ -26,6 +30,32 @@ def _metrics(request: Request) -> Metrics:
     return metrics
 
 
+def _limits(request: Request) -> TenantLimits:
+    limits: TenantLimits = request.app.state.limits
+    return limits
+
+
+def _streams(request: Request) -> StreamSlots:
+    streams: StreamSlots = request.app.state.streams
+    return streams
+
+
+# Declares the scheme in the OpenAPI document (and /docs' Authorize button); the header
+# itself is checked by the app's Authenticator.
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A JWT (or API key) naming the principal, its tenants and scopes.",
+)
+
+
+def _principal(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Principal:
+    authenticator: Authenticator = request.app.state.auth
+    return authenticator.authenticate(request.headers.get("authorization"))
+
+
 def _engine(request: Request) -> ManifestEngine:
     return ManifestEngine(_settings(request).clusters, _pulsar(request).admins)
 
@@ -38,8 +68,29 @@ def _topic(
     return TopicName.parse(tenant, namespace, topic)
 
 
+def _authorized(scope: Scope) -> Callable[..., TopicName]:
+    """The topic of the path, once the caller may use `scope` on its tenant (and the
+    tenant is within its request rate)."""
+
+    def authorized(
+        principal: Annotated[Principal, Depends(_principal)],
+        topic: Annotated[TopicName, Depends(_topic)],
+        limits: Annotated[TenantLimits, Depends(_limits)],
+    ) -> TopicName:
+        principal.require(scope, [topic.tenant])
+        limits.request(topic.tenant)
+        return topic
+
+    return authorized
+
+
 AppSettings = Annotated[Settings, Depends(_settings)]
 Pulsar = Annotated[PulsarService, Depends(_pulsar)]
 AppMetrics = Annotated[Metrics, Depends(_metrics)]
-Topic = Annotated[TopicName, Depends(_topic)]
+CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+Limits = Annotated[TenantLimits, Depends(_limits)]
+Streams = Annotated[StreamSlots, Depends(_streams)]
+# Every topic route takes one of these: the caller is authenticated and authorized first.
+PublishTopic = Annotated[TopicName, Depends(_authorized("publish"))]
+ConsumeTopic = Annotated[TopicName, Depends(_authorized("consume"))]
 Engine = Annotated[ManifestEngine, Depends(_engine)]

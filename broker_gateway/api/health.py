@@ -1,10 +1,10 @@
 """Liveness, readiness and metrics."""
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar
-from broker_gateway.api.responses import JSON, ProblemJSON
+from broker_gateway.api.responses import JSON, ProblemJSON, problems
 from broker_gateway.errors import BrokerUnavailable, problem_body, problem_for
 
 router = APIRouter(tags=["health"])
@@ -16,7 +16,7 @@ async def livez() -> JSON:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness")
+@router.get("/readyz", summary="Readiness", responses=problems(503))
 async def readyz(pulsar: Pulsar, settings: AppSettings) -> Response:
     """200 when every configured Pulsar cluster answers, else 503 naming the failing ones."""
     problems = await pulsar.check_clusters()
@@ -33,7 +33,12 @@ async def readyz(pulsar: Pulsar, settings: AppSettings) -> Response:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(app_metrics: AppMetrics) -> Response:
     """Prometheus text exposition format."""
     return Response(app_metrics.render(), media_type=app_metrics.content_type)

@@ -7,18 +7,19 @@ import yaml
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from broker_gateway.api.deps import Engine
-from broker_gateway.api.responses import JSON
+from broker_gateway.api.deps import CurrentPrincipal, Engine
+from broker_gateway.api.responses import JSON, V1_PROBLEMS, inline_schema, problems
+from broker_gateway.auth import Principal
 from broker_gateway.errors import InvalidManifest
 from broker_gateway.manifests.loader import Raw, parse_text
-from broker_gateway.manifests.model import Problem
+from broker_gateway.manifests.model import Name, Problem
 from broker_gateway.manifests.render import plan_json, plan_text
 
-router = APIRouter(prefix="/v1/manifests", tags=["manifests"])
-
-TenantName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.=:-]{1,255}$")]
+router = APIRouter(
+    prefix="/v1/manifests", tags=["manifests"], responses={**V1_PROBLEMS, **problems(409)}
+)
 
 
 class ManifestRequest(BaseModel):
@@ -34,7 +35,7 @@ _MANIFESTS: Final = {
     '"prune": false}`.',
     "content": {
         "application/yaml": {"schema": {"type": "string"}},
-        "application/json": {"schema": ManifestRequest.model_json_schema()},
+        "application/json": {"schema": inline_schema(ManifestRequest)},
     },
 }
 AllowDestructive = Annotated[
@@ -58,7 +59,32 @@ class _Options:
         self.raw, self.allow_destructive, self.prune = raw, allow_destructive, prune
 
 
-async def _read(request: Request, allow_destructive: bool, prune: bool) -> _Options:
+def _tenants(raw: Raw) -> set[str]:
+    """The tenants documents name, read before any validation so that the caller's rights
+    are checked first."""
+    tenants = set()
+    for _, document in raw:
+        metadata = document.get("metadata") if isinstance(document, dict) else None
+        if not isinstance(metadata, dict):
+            continue
+        name = metadata.get("topic") if document.get("kind") == "Subscription" else None
+        name = name or metadata.get("name")
+        if isinstance(name, str):
+            tenants.add(name.split("/")[0])
+    return tenants
+
+
+async def _read(
+    request: Request, principal: Principal, allow_destructive: bool, prune: bool
+) -> _Options:
+    """The manifests of the body, once the caller is admin of every tenant they name."""
+    principal.require_scope("admin")
+    options = await _parse(request, allow_destructive, prune)
+    principal.require("admin", _tenants(options.raw))
+    return options
+
+
+async def _parse(request: Request, allow_destructive: bool, prune: bool) -> _Options:
     body = await request.body()
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
         try:
@@ -85,12 +111,12 @@ async def _read(request: Request, allow_destructive: bool, prune: bool) -> _Opti
 
 
 @router.post("/validate", summary="Validate manifests", openapi_extra={"requestBody": _MANIFESTS})
-async def validate(request: Request, engine: Engine) -> JSON:
+async def validate(request: Request, engine: Engine, principal: CurrentPrincipal) -> JSON:
     """Check manifests, against live state too (partition counts, schema compatibility).
 
     422 `invalid_manifest` lists every problem; nothing is ever changed.
     """
-    options = await _read(request, False, False)
+    options = await _read(request, principal, False, False)
     manifests = await engine.validate(options.raw)
     return JSON(
         {
@@ -106,13 +132,15 @@ async def validate(request: Request, engine: Engine) -> JSON:
 
 
 @router.post("/plan", summary="Plan manifests", openapi_extra={"requestBody": _MANIFESTS})
-async def plan(request: Request, engine: Engine, prune: Prune = False) -> JSON:
+async def plan(
+    request: Request, engine: Engine, principal: CurrentPrincipal, prune: Prune = False
+) -> JSON:
     """The changes per cluster (create / update / delete / no-op, with old and new values).
 
     Destructive changes are flagged with the reason. `text` is the same plan as the CLI
     prints it. An invalid manifest is 422 `invalid_manifest`.
     """
-    options = await _read(request, False, prune)
+    options = await _read(request, principal, False, prune)
     changes = await engine.plan(options.raw, prune=options.prune)
     return JSON({**plan_json(changes), "text": plan_text(changes)})
 
@@ -121,18 +149,25 @@ async def plan(request: Request, engine: Engine, prune: Prune = False) -> JSON:
 async def apply(
     request: Request,
     engine: Engine,
+    principal: CurrentPrincipal,
     allow_destructive: AllowDestructive = False,
     prune: Prune = False,
 ) -> JSON:
     """Apply exactly what plan shows, parents first, and report each step.
 
+    Like every manifest route, needs `admin` on each tenant the manifests name; registering
+    clusters with each other needs the platform-wide admin (`admin` on tenant `*`).
+
     Destructive changes need `allow_destructive`, else 409 `destructive_change_refused`
     and nothing changes. Applying the same manifests again is a no-op. A step that fails
     after retries ends the apply: 502 `apply_failed` lists the steps that ran.
     """
-    options = await _read(request, allow_destructive, prune)
+    options = await _read(request, principal, allow_destructive, prune)
     applied = await engine.apply(
-        options.raw, allow_destructive=options.allow_destructive, prune=options.prune
+        options.raw,
+        allow_destructive=options.allow_destructive,
+        prune=options.prune,
+        may_register_peers=principal.platform_admin,
     )
     return JSON(
         {
@@ -150,8 +185,9 @@ async def apply(
 )
 async def export(
     engine: Engine,
+    principal: CurrentPrincipal,
     tenant: Annotated[
-        list[TenantName] | None,
+        list[Name] | None,
         Query(description="Tenants to export (repeatable); default every tenant but `pulsar`."),
     ] = None,
     format: Annotated[str, Query(pattern="^(json|yaml)$")] = "json",
@@ -160,6 +196,11 @@ async def export(
 
     JSON is `{"documents": [...]}`; `format=yaml` gives a YAML stream for `topics/`.
     """
+    principal.require_scope("admin")
+    if tenant:
+        principal.require("admin", tenant)
+    elif not principal.platform_admin:
+        tenant = sorted(principal.tenants)  # the caller's own tenants, not everybody's
     documents = await engine.export(tenant or [])
     if format == "yaml":
         text = yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True)

@@ -11,16 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import Headers
 
-from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
-from broker_gateway.api.responses import JSON
-from broker_gateway.errors import GatewayError, InvalidRequest, problem_for
+from broker_gateway.api.deps import AppMetrics, AppSettings, Limits, PublishTopic, Pulsar
+from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema
+from broker_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, problem_for
 from broker_gateway.pulsar.codecs import parse_time
 from broker_gateway.pulsar.idempotency import Answer
 from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.publishing import Outcome
 from broker_gateway.settings import Settings
 
-router = APIRouter(tags=["streaming"])
+router = APIRouter(responses=TOPIC_PROBLEMS, tags=["streaming"])
 
 NAME_PATTERN = r"^[A-Za-z0-9_.=:-]{1,255}$"
 PROPERTY_HEADER = "x-message-property-"
@@ -127,7 +127,7 @@ class PublishResponse(BaseModel):
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
-        "application/json": {"schema": PublishRequest.model_json_schema()},
+        "application/json": {"schema": inline_schema(PublishRequest)},
         "application/octet-stream": {
             "schema": {"type": "string", "format": "binary"},
             "description": (
@@ -152,10 +152,11 @@ _REQUEST_BODY: dict[str, Any] = {
 )
 async def publish(
     request: Request,
-    topic: Topic,
+    topic: PublishTopic,
     pulsar: Pulsar,
     settings: AppSettings,
     metrics: AppMetrics,
+    limits: Limits,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -175,6 +176,7 @@ async def publish(
     """
     body = await request.body()
     producer, messages = _parse(request.headers, body, settings)
+    limits.published(topic.tenant, len(body))
 
     async def run() -> Answer:
         outcomes = await pulsar.publish(topic, messages, producer)
@@ -207,7 +209,7 @@ def _parse(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
         ) from exc
     if len(request.messages) > settings.max_messages_per_request:
-        raise InvalidRequest(
+        raise PayloadTooLarge(
             f"{len(request.messages)} messages in one request; the limit is "
             f"{settings.max_messages_per_request}"
         )

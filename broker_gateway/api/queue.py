@@ -6,16 +6,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
+from broker_gateway.api.deps import AppMetrics, AppSettings, ConsumeTopic, Pulsar
 from broker_gateway.api.read import Message
-from broker_gateway.api.responses import JSON
+from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
 from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import parse_start
 from broker_gateway.pulsar.messages import render
 from broker_gateway.pulsar.queues import Outcome
 from broker_gateway.pulsar.subscriptions import SubscriptionSpec
 
-router = APIRouter(tags=["work queues"])
+router = APIRouter(responses=TOPIC_PROBLEMS, tags=["work queues"])
 
 BASE = "/v1/topics/{tenant}/{namespace}/{topic}/subscriptions/{subscription}"
 Subscription = Annotated[
@@ -87,7 +87,7 @@ def _settled(outcome: Outcome) -> JSON:
     responses={201: {"description": "Created"}},
 )
 async def configure(
-    body: SubscriptionSpec, topic: Topic, subscription: Subscription, pulsar: Pulsar
+    body: SubscriptionSpec, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
 ) -> JSON:
     """Idempotent: 201 with the configuration when created, 200 when it existed."""
     config = body.config(topic)
@@ -98,7 +98,7 @@ async def configure(
 
 
 @router.get(BASE, summary="Subscription configuration and stats")
-async def describe(topic: Topic, subscription: Subscription, pulsar: Pulsar) -> JSON:
+async def describe(topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar) -> JSON:
     """Configuration with Pulsar's stats: `backlog` (entries not yet acked: a batch of
     messages counts once), `unacked` (dispatched to the gateway, not acked),
     `oldest_unacked_age_ms`, `dead_letter_backlog` and `consumers` (gateway consumers
@@ -109,7 +109,7 @@ async def describe(topic: Topic, subscription: Subscription, pulsar: Pulsar) -> 
 
 
 @router.delete(BASE, summary="Delete a subscription", status_code=204)
-async def delete(topic: Topic, subscription: Subscription, pulsar: Pulsar) -> Response:
+async def delete(topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar) -> Response:
     """Removes the subscription and its position; its dead-letter topic stays."""
     await pulsar.on_topic(topic, lambda: pulsar.queues.delete(topic, subscription))
     return Response(status_code=204)
@@ -118,7 +118,7 @@ async def delete(topic: Topic, subscription: Subscription, pulsar: Pulsar) -> Re
 @router.post(f"{BASE}/pull", summary="Pull messages", responses={200: {"model": PullResponse}})
 async def pull(
     body: PullRequest,
-    topic: Topic,
+    topic: ConsumeTopic,
     subscription: Subscription,
     pulsar: Pulsar,
     settings: AppSettings,
@@ -152,7 +152,9 @@ async def pull(
 
 
 @router.post(f"{BASE}/ack", summary="Acknowledge", responses={200: {"model": SettleResponse}})
-async def ack(body: AckRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar) -> JSON:
+async def ack(
+    body: AckRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
+) -> JSON:
     """Done with these messages; works on any replica. Acking twice is harmless."""
     outcome = await pulsar.on_topic(
         topic, lambda: pulsar.queues.ack(topic, subscription, body.receipts)
@@ -163,7 +165,9 @@ async def ack(body: AckRequest, topic: Topic, subscription: Subscription, pulsar
 @router.post(
     f"{BASE}/nack", summary="Negative acknowledge", responses={200: {"model": SettleResponse}}
 )
-async def nack(body: NackRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar) -> JSON:
+async def nack(
+    body: NackRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
+) -> JSON:
     """Deliver these again after `delay_ms`; works on any replica."""
     outcome = await pulsar.on_topic(
         topic, lambda: pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
@@ -175,7 +179,7 @@ async def nack(body: NackRequest, topic: Topic, subscription: Subscription, puls
     f"{BASE}/extend", summary="Extend the ack deadline", responses={200: {"model": SettleResponse}}
 )
 async def extend(
-    body: ExtendRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+    body: ExtendRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
 ) -> JSON:
     """Keep these leased for `ack_deadline_ms` more from now; works on any replica."""
     outcome = await pulsar.on_topic(
@@ -187,18 +191,18 @@ async def extend(
 
 @router.post(f"{BASE}/seek", summary="Seek the subscription", status_code=204)
 async def seek(
-    body: SeekRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+    body: SeekRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
 ) -> Response:
     """Replay from a position (or skip to `latest`). Outstanding leases are void: their
     messages are delivered again if the new position is before them."""
-    start = parse_start(body.position)
+    start = parse_start(body.position, topic)
     await pulsar.on_topic(topic, lambda: pulsar.queues.seek(topic, subscription, start))
     return Response(status_code=204)
 
 
 @router.post(f"{BASE}/dead-letters/redrive", summary="Redrive dead letters")
 async def redrive(
-    body: RedriveRequest, topic: Topic, subscription: Subscription, pulsar: Pulsar
+    body: RedriveRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
 ) -> JSON:
     """Move up to `max_messages` dead letters back to the topic for this subscription.
 

@@ -5,13 +5,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
-from broker_gateway.api.responses import JSON
+from broker_gateway.api.deps import AppMetrics, AppSettings, ConsumeTopic, Pulsar
+from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
 from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import parse_start
 from broker_gateway.pulsar.messages import render
 
-router = APIRouter(tags=["streaming"])
+router = APIRouter(responses=TOPIC_PROBLEMS, tags=["streaming"])
 
 Position = Annotated[
     str,
@@ -51,7 +51,7 @@ class ReadResponse(BaseModel):
     responses={200: {"model": ReadResponse}},
 )
 async def read(
-    topic: Topic,
+    topic: ConsumeTopic,
     pulsar: Pulsar,
     settings: AppSettings,
     metrics: AppMetrics,
@@ -72,7 +72,7 @@ async def read(
     """
     if limit > settings.max_read_limit:
         raise InvalidRequest(f"limit {limit} is above the maximum {settings.max_read_limit}")
-    start = parse_start(position)
+    start = parse_start(position, topic)
     deliveries, cursor = await pulsar.read(
         topic, start, limit=limit, wait_s=min(wait_ms, settings.max_wait_ms) / 1000
     )

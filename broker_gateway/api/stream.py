@@ -9,14 +9,22 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from broker_gateway.api.deps import AppMetrics, AppSettings, Pulsar, Topic
+from broker_gateway.api.deps import (
+    AppMetrics,
+    AppSettings,
+    ConsumeTopic,
+    CurrentPrincipal,
+    Pulsar,
+    Streams,
+)
 from broker_gateway.api.read import Encoding, Position
+from broker_gateway.api.responses import TOPIC_PROBLEMS
 from broker_gateway.errors import GatewayError, problem_body, problem_for
 from broker_gateway.pulsar.codecs import parse_start
 from broker_gateway.pulsar.messages import render
 from broker_gateway.pulsar.reading import Delivery
 
-router = APIRouter(tags=["streaming"])
+router = APIRouter(responses=TOPIC_PROBLEMS, tags=["streaming"])
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -62,10 +70,12 @@ class _Stream(StreamingResponse):
 )
 async def stream(
     request: Request,
-    topic: Topic,
+    topic: ConsumeTopic,
     pulsar: Pulsar,
     settings: AppSettings,
     metrics: AppMetrics,
+    principal: CurrentPrincipal,
+    streams: Streams,
     position: Position = "latest",
     encoding: Encoding = "json",
     last_event_id: Annotated[
@@ -81,11 +91,16 @@ async def stream(
     empty NDJSON line) every GATEWAY_STREAM_HEARTBEAT_S. An error after the stream started
     ends it with a final `event: error` (NDJSON: an `{"error": problem}` line).
     """
-    start = parse_start(last_event_id or position)
+    start = parse_start(last_event_id or position, topic)
     ndjson = NDJSON in request.headers.get("accept", "")
     stack = AsyncExitStack()
-    # Opened before the response starts, so a bad topic is still a 404 and not an event.
-    reader = await stack.enter_async_context(pulsar.reader(topic, start, queue_size=BATCH))
+    stack.enter_context(streams.hold(principal.name))
+    try:
+        # Opened before the response starts, so a bad topic is still a 404, not an event.
+        reader = await stack.enter_async_context(pulsar.reader(topic, start, queue_size=BATCH))
+    except BaseException:
+        await stack.aclose()
+        raise
     encode = _ndjson if ndjson else _sse
     base64_only = encoding == "base64"
 

@@ -8,6 +8,8 @@ is inherited (from the namespace or the broker), and writing None removes the se
 from collections.abc import Mapping
 from typing import Any, Final
 
+from pydantic import SecretStr
+
 from broker_gateway.errors import BrokerError, NotFound
 from broker_gateway.manifests.model import BacklogQuota, Retention, Schema
 from broker_gateway.manifests.units import INFINITE
@@ -22,13 +24,21 @@ _MIB: Final = 1024 * 1024
 _DELAYED_TICK_MS: Final = 1000
 _QUOTA_TYPE: Final = {"backlogQuotaType": "destination_storage"}
 _PARTITION: Final = "-partition-"
+_TOKEN_PLUGIN: Final = "org.apache.pulsar.client.impl.auth.AuthenticationToken"
 
 
 class ManifestAdmin:
-    """Tenants, namespaces, topics, schemas and subscriptions on one cluster."""
+    """Tenants, namespaces, topics, schemas and subscriptions on one cluster.
 
-    def __init__(self, admin: PulsarAdmin) -> None:
+    `peer_tokens` are the tokens of the other clusters, by name: a peer registered here
+    carries its token, so that this cluster's replicator can authenticate to it.
+    """
+
+    def __init__(
+        self, admin: PulsarAdmin, peer_tokens: Mapping[str, SecretStr] | None = None
+    ) -> None:
         self._admin = admin
+        self._peer_tokens = dict(peer_tokens or {})
         self.cluster = admin.cluster.name
 
     async def _get(self, path: str, **kwargs: Any) -> Any:
@@ -51,7 +61,16 @@ class ManifestAdmin:
         return peers
 
     async def put_peer(self, name: str, fields: Mapping[str, Any], *, create: bool) -> None:
+        """Register (or update) a peer cluster, with its token when it has one.
+
+        The token goes to Pulsar only: it is no field of the plan, so no plan, export or
+        log shows it (and a plan cannot see a registration whose token is stale).
+        """
         body = {"serviceUrl": fields["admin_url"], "brokerServiceUrl": fields["service_url"]}
+        token = self._peer_tokens.get(name)
+        if token is not None:
+            body["authenticationPlugin"] = _TOKEN_PLUGIN
+            body["authenticationParameters"] = f"token:{token.get_secret_value()}"
         await self._call("PUT" if create else "POST", f"/clusters/{name}", json=body)
 
     # Tenants -------------------------------------------------------------------------

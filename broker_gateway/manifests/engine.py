@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker_gateway.errors import DestructiveChangeRefused, InvalidManifest
+from broker_gateway.errors import DestructiveChangeRefused, Forbidden, InvalidManifest
 from broker_gateway.manifests.admin import Fields, ManifestAdmin
 from broker_gateway.manifests.applier import apply_plan
 from broker_gateway.manifests.export import documents_from_state
@@ -30,7 +30,8 @@ class ManifestEngine:
 
     def __init__(self, clusters: Sequence[Cluster], admins: Mapping[str, PulsarAdmin]) -> None:
         self._clusters = list(clusters)
-        self._admins = {name: ManifestAdmin(admin) for name, admin in admins.items()}
+        tokens = {c.name: c.token for c in self._clusters if c.token is not None}
+        self._admins = {name: ManifestAdmin(admin, tokens) for name, admin in admins.items()}
 
     def check(self, raw: Raw) -> Manifests:
         """Raises: InvalidManifest."""
@@ -50,14 +51,26 @@ class ManifestEngine:
         return changes
 
     async def apply(
-        self, raw: Raw, *, allow_destructive: bool = False, prune: bool = False
+        self,
+        raw: Raw,
+        *,
+        allow_destructive: bool = False,
+        prune: bool = False,
+        may_register_peers: bool = True,
     ) -> Applied:
         """Apply what plan shows, in dependency order.
 
-        Raises: InvalidManifest or DestructiveChangeRefused (nothing changed); ApplyFailed
-        (the steps before the failing one took effect); BrokerUnavailable, BrokerTimeout.
+        Raises: InvalidManifest, DestructiveChangeRefused or Forbidden (a peer cluster to
+        register without `may_register_peers`): nothing changed then; ApplyFailed (the
+        steps before the failing one took effect); BrokerUnavailable, BrokerTimeout.
         """
         _, changes = await self._prepare(raw, prune=prune)
+        peers = [c for c in changes.pending if c.ref.kind == "Cluster"]
+        if peers and not may_register_peers:
+            raise Forbidden(
+                "registering clusters with each other needs the platform-wide admin scope "
+                "(admin on tenant *): " + "; ".join(map(str, peers))
+            )
         if changes.destructive and not allow_destructive:
             raise DestructiveChangeRefused(changes.destructive)
         return Applied(changes, await apply_plan(changes, self._admins))

@@ -24,16 +24,32 @@ class Conflict(BrokerError):
     """The admin API answered 409: the resource exists already (or is in use)."""
 
 
+class CredentialsRefused(BrokerError):
+    """The admin API answered 401 or 403: the gateway's token is missing, invalid, or its
+    role may not do this. Retrying will not help; the operator has to fix the token."""
+
+
 class PulsarAdmin:
     """Admin calls against one cluster. Errors come back as the gateway's errors."""
 
-    def __init__(self, cluster: Cluster, *, timeout_s: float, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        timeout_s: float,
+        retry_after_s: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.cluster = cluster
         self._retry_after_s = retry_after_s
+        headers = {"Accept": "application/json"}
+        if cluster.token is not None:
+            headers["Authorization"] = f"Bearer {cluster.token.get_secret_value()}"
         self._http = httpx.AsyncClient(
             base_url=str(cluster.admin_url).rstrip("/"),
             timeout=httpx.Timeout(timeout_s),
-            headers={"Accept": "application/json"},
+            headers=headers,
+            transport=transport,
         )
 
     async def close(self) -> None:
@@ -197,11 +213,20 @@ class PulsarAdmin:
     ) -> Any:
         """One admin call; the decoded body, or None when there is none.
 
-        Raises: NotFound (404), Conflict (409), BrokerError (other 4xx, with Pulsar's reason),
-        BrokerUnavailable (5xx or unreachable), BrokerTimeout.
+        Raises: NotFound (404), Conflict (409), CredentialsRefused (401, 403), BrokerError
+        (other 4xx, with Pulsar's reason), BrokerUnavailable (5xx or unreachable), BrokerTimeout.
         """
         name = self.cluster.name
         response = await self.send(method, path, timeout_s=timeout_s, **kwargs)
+        if response.status_code in (401, 403):
+            # Pulsar answers 401 both without a token and for a role it does not authorize.
+            missing = (
+                "" if self.cluster.token else " (none set: give it a token in GATEWAY_CLUSTERS)"
+            )
+            raise CredentialsRefused(
+                f"cluster {name} refused the gateway's credentials{missing} for "
+                f"{method} {path}: {reason(response)}"
+            )
         if response.status_code == 404:
             raise NotFound(f"not found on cluster {name}: {path}")
         if response.status_code == 409:
@@ -224,7 +249,11 @@ class PulsarAdmin:
 def reason(response: httpx.Response) -> str:
     """Pulsar's one-line explanation of an error answer."""
     try:
-        text = str(response.json().get("reason", response.text))
+        body = response.json()
+        # Pulsar's own errors carry a `reason`; Jetty's (e.g. without a token) a `message`.
+        text = str(body.get("reason") or body.get("message") or response.text)
     except (ValueError, AttributeError):
         text = response.text
+    if text.lstrip().startswith("<"):  # Jetty's HTML error page
+        text = f"{response.status_code} {response.reason_phrase}"
     return text.strip().splitlines()[0] if text.strip() else str(response.status_code)

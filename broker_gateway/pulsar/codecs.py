@@ -5,6 +5,8 @@ No broker is needed here, so all of it is unit-tested on its own.
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 import struct
 from dataclasses import dataclass
@@ -74,28 +76,38 @@ EARLIEST: Final = Position(-1, -1)
 NON_PARTITIONED: Final = -1
 
 # A cursor is the position of the last message a client has seen, per partition (-1 for a
-# non-partitioned topic). Layout: version byte, then per partition the packed position.
-_CURSOR_VERSION: Final = 1
+# non-partitioned topic), for one topic. Layout: version byte, a tag of the topic's name,
+# then per partition the packed position. The tag makes a cursor useless on another topic
+# (and so in another tenant): positions are only meaningful where they were read.
+_CURSOR_VERSION: Final = 2
+_TAG_BYTES: Final = 6
 _ENTRY: Final = struct.Struct(">iqqi")
 
 
-def encode_cursor(positions: dict[int, Position]) -> str:
-    packed = bytearray([_CURSOR_VERSION])
+def _topic_tag(topic: TopicName) -> bytes:
+    return hashlib.blake2b(topic.path.encode(), digest_size=_TAG_BYTES).digest()
+
+
+def encode_cursor(positions: dict[int, Position], topic: TopicName) -> str:
+    packed = bytearray([_CURSOR_VERSION]) + _topic_tag(topic)
     for partition in sorted(positions):
         p = positions[partition]
         packed += _ENTRY.pack(partition, p.ledger, p.entry, p.batch_index)
     return base64.urlsafe_b64encode(bytes(packed)).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str) -> dict[int, Position]:
-    """Raises: InvalidRequest when the cursor was not made by encode_cursor."""
+def decode_cursor(cursor: str, topic: TopicName) -> dict[int, Position]:
+    """Raises: InvalidRequest when the cursor was not made by encode_cursor for `topic`."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest("invalid cursor: not base64url") from exc
-    body = raw[1:]
-    if not raw or raw[0] != _CURSOR_VERSION or not body or len(body) % _ENTRY.size:
+    header = 1 + _TAG_BYTES
+    body = raw[header:]
+    if len(raw) <= header or raw[0] != _CURSOR_VERSION or len(body) % _ENTRY.size:
         raise InvalidRequest("invalid cursor")
+    if not hmac.compare_digest(raw[1:header], _topic_tag(topic)):
+        raise InvalidRequest(f"invalid cursor: it was made for another topic than {topic}")
     positions: dict[int, Position] = {}
     for offset in range(0, len(body), _ENTRY.size):
         partition, ledger, entry, batch_index = _ENTRY.unpack_from(body, offset)
@@ -128,10 +140,11 @@ def parse_time(text: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
-def parse_start(position: str) -> Start:
-    """Raises: InvalidRequest when `position` is none of the four forms."""
+def parse_start(position: str, topic: TopicName) -> Start:
+    """Raises: InvalidRequest when `position` is none of the four forms, or a cursor of
+    another topic."""
     if position in ("earliest", "latest"):
         return Start(position)
     if position.startswith("time:"):
         return Start("time", time_ms=parse_time(position.removeprefix("time:")))
-    return Start("after", after=decode_cursor(position))
+    return Start("after", after=decode_cursor(position, topic))

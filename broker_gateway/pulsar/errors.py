@@ -33,6 +33,10 @@ _RETRYABLE: Final = {
     "ConsumerBusy",
 }
 
+# A token Pulsar cannot verify is not among them: the broker drops the connection and
+# the client reports a Timeout.
+_REFUSED: Final = {"AuthenticationError", "AuthorizationError"}
+
 _BY_RESULT: Final[dict[str, type[GatewayError]]] = {
     "Timeout": BrokerTimeout,
     "TopicNotFound": TopicNotFound,
@@ -56,6 +60,8 @@ def translate(exc: BaseException, retry_after_s: int) -> GatewayError:
     if isinstance(exc, GatewayError):
         return exc
     name = result_name(exc)
+    if name in _REFUSED:
+        return BrokerError(f"Pulsar refused the gateway's credentials: {name}")
     cls = _BY_RESULT.get(name, BrokerError)
     retry = retry_after_s if cls in (BrokerUnavailable, BrokerTimeout) else None
     return cls(f"Pulsar: {name}", retry_after_s=retry)

@@ -86,7 +86,8 @@ class _PartitionReader:
 class TopicReader:
     """Reads a topic, partitioned or not, from a start position."""
 
-    def __init__(self, partitions: list[_PartitionReader]) -> None:
+    def __init__(self, topic: TopicName, partitions: list[_PartitionReader]) -> None:
+        self._topic = topic
         self._partitions = partitions
         self._positions = {p.partition: p.after for p in partitions}
 
@@ -142,11 +143,11 @@ class TopicReader:
         if failure is not None:
             await asyncio.gather(*(r.close() for r in readers))
             raise failure
-        return cls(readers)
+        return cls(topic, readers)
 
     @property
     def cursor(self) -> str:
-        return encode_cursor(self._positions)
+        return encode_cursor(self._positions, self._topic)
 
     async def read(self, limit: int, wait_s: float) -> list[Delivery]:
         """Up to `limit` messages, oldest publish time first across partitions.

@@ -47,6 +47,9 @@ class PulsarService:
         cluster = settings.data_cluster
         self.client = pulsar.asyncio.Client(
             cluster.service_url,
+            authentication=None
+            if cluster.token is None
+            else pulsar.AuthenticationToken(cluster.token.get_secret_value()),
             operation_timeout_seconds=int(settings.pulsar_operation_timeout_s),
             connection_timeout_ms=int(settings.pulsar_connect_timeout_s * 1000),
             io_threads=settings.pulsar_io_threads,

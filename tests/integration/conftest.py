@@ -2,13 +2,20 @@
 
 The suite starts its own Pulsar clusters through local/pulsar and stops them at the end:
 `east` (ports 6651/8081/3182, data under local/data/test-east) for every test, and `west`
-(6652/8082/3183, local/data/test-west) for the geo-replication tests. A cluster already
-running there is reused and left running. Point the single-cluster tests at another
-cluster with TEST_PULSAR_SERVICE_URL and TEST_PULSAR_ADMIN_URL.
+(6652/8082/3183, local/data/test-west) for the geo-replication tests, each on an empty
+data directory. A cluster already running there is reused and left running. Point the
+single-cluster tests at another cluster with TEST_PULSAR_SERVICE_URL and
+TEST_PULSAR_ADMIN_URL (and TEST_PULSAR_TOKEN when it wants a superuser's token).
+
+Pulsar itself runs with token authentication and authorization: the gateway and the tests
+present tokens of superuser roles, signed with a test-only key per cluster, and a client
+without one gets nothing (test_pulsar_auth.py).
 """
 
+import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,11 +40,41 @@ TEST_CLUSTERS = {
 }
 
 
+# Pulsar's superusers on the local test clusters; every other role may do nothing.
+PULSAR_GATEWAY_ROLE = "broker-gateway"
+PULSAR_ADMIN_ROLE = "tests-admin"  # the tests' own admin REST and native client calls
+PULSAR_BROKER_ROLE = "pulsar-broker"  # the standalone's internal clients
+
+
+def pulsar_signing_key(cluster: str) -> bytes:
+    """The HS256 key a local test cluster checks tokens with: test-only, one per cluster,
+    so a token works on its own cluster alone (Pulsar needs at least 256 bits)."""
+    return f"integration-tests-only-pulsar-{cluster}-signing-key".encode()
+
+
+def pulsar_token(role: str, cluster: str) -> str:
+    """A Pulsar token for `role` on a local test cluster; Pulsar reads the role from `sub`."""
+    return jwt.encode({"sub": role}, pulsar_signing_key(cluster), algorithm="HS256")
+
+
 @dataclass(frozen=True)
 class PulsarCluster:
     name: str
     service_url: str
     admin_url: str
+    # The gateway's token for this cluster (in GATEWAY_CLUSTERS) and the tests' own; None
+    # when the cluster runs without authentication.
+    token: str | None = None
+    admin_token: str | None = None
+
+    def admin_client(self) -> httpx.Client:
+        """Pulsar's admin REST API (/admin/v2) with the tests' own token."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+        return httpx.Client(base_url=f"{self.admin_url}/admin/v2", headers=headers, timeout=30)
+
+    def authentication(self) -> pulsar.AuthenticationToken | None:
+        """The tests' own credentials for a native pulsar.Client."""
+        return pulsar.AuthenticationToken(self.admin_token) if self.admin_token else None
 
 
 # The gateway checks every request's token; the suite signs its tokens with this secret.
@@ -83,13 +120,51 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers=bearer(), **{"timeout": 30, **kwargs})
 
 
+_TOKEN_PROVIDER = "org.apache.pulsar.broker.authentication.AuthenticationProviderToken"
+_TOKEN_CLIENT_PLUGIN = "org.apache.pulsar.client.impl.auth.AuthenticationToken"
+
+
+def _auth_properties(name: str) -> str:
+    """Broker properties that turn on token authentication and authorization."""
+    key = base64.b64encode(pulsar_signing_key(name)).decode()
+    properties = {
+        "authenticationEnabled": "true",
+        "authorizationEnabled": "true",
+        "authenticationProviders": _TOKEN_PROVIDER,
+        "tokenSecretKey": f"data:;base64,{key}",
+        "superUserRoles": f"{PULSAR_GATEWAY_ROLE},{PULSAR_ADMIN_ROLE},{PULSAR_BROKER_ROLE}",
+        # The standalone's own clients (namespace setup, system topics, replicators of
+        # peers registered without credentials) authenticate with these.
+        "brokerClientAuthenticationPlugin": _TOKEN_CLIENT_PLUGIN,
+        "brokerClientAuthenticationParameters": f"token:{pulsar_token(PULSAR_BROKER_ROLE, name)}",
+    }
+    return "".join(f"{k}={v}\n" for k, v in properties.items())
+
+
+def _empty_data_dir(data_dir: Path) -> None:
+    """Remove what an earlier session left, unless a Pulsar still runs there.
+
+    Peers registered by an earlier session (perhaps before Pulsar ran with authentication)
+    keep the credentials they were registered with: a plan compares their URLs only.
+    """
+    try:
+        os.kill(int((data_dir / "pulsar.pid").read_text()), 0)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def _local_cluster(name: str) -> Iterator[PulsarCluster]:
-    """A local Pulsar standalone named `name`, started unless it is running already."""
+    """A local Pulsar standalone named `name` with token authentication, started on an
+    empty data directory unless it is running already."""
+    data_dir = ROOT / "local" / "data" / f"test-{name}"
+    admin_token = pulsar_token(PULSAR_ADMIN_ROLE, name)
     env = {
         **os.environ,
         **TEST_CLUSTERS[name],
         "PULSAR_CLUSTER": name,
-        "PULSAR_DATA_DIR": str(ROOT / "local" / "data" / f"test-{name}"),
+        "PULSAR_DATA_DIR": str(data_dir),
+        "PULSAR_CONF_EXTRA": str(data_dir / "auth.conf"),
+        "PULSAR_AUTH_TOKEN": admin_token,
         "PULSAR_PYTHON": sys.executable,
     }
 
@@ -97,13 +172,19 @@ def _local_cluster(name: str) -> Iterator[PulsarCluster]:
         return subprocess.run([str(PULSAR_SCRIPT), command], env=env, check=False).returncode
 
     already_running = pulsar("status") == 0
-    if not already_running and pulsar("start") != 0:
-        pytest.fail(f"the local Pulsar {name} did not start; see {env['PULSAR_DATA_DIR']}")
+    if not already_running:
+        _empty_data_dir(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "auth.conf").write_text(_auth_properties(name))
+        if pulsar("start") != 0:
+            pytest.fail(f"the local Pulsar {name} did not start; see {data_dir}/pulsar.log")
     try:
         yield PulsarCluster(
             name,
             f"pulsar://127.0.0.1:{env['PULSAR_BROKER_PORT']}",
             f"http://127.0.0.1:{env['PULSAR_WEB_PORT']}",
+            token=pulsar_token(PULSAR_GATEWAY_ROLE, name),
+            admin_token=admin_token,
         )
     finally:
         if not already_running:
@@ -115,7 +196,9 @@ def pulsar_cluster() -> Iterator[PulsarCluster]:
     service_url = os.environ.get("TEST_PULSAR_SERVICE_URL")
     admin_url = os.environ.get("TEST_PULSAR_ADMIN_URL")
     if service_url and admin_url:
-        yield PulsarCluster("configured", service_url, admin_url)
+        # One token for the gateway and the tests alike: a superuser's, when it needs one.
+        token = os.environ.get("TEST_PULSAR_TOKEN") or None
+        yield PulsarCluster("configured", service_url, admin_url, token, token)
         return
     yield from _local_cluster("east")
 
@@ -136,7 +219,15 @@ def _free_port() -> int:
 def clusters_setting(*clusters: PulsarCluster) -> str:
     """GATEWAY_CLUSTERS for these clusters; the first carries the data plane."""
     return json.dumps(
-        [{"name": c.name, "service_url": c.service_url, "admin_url": c.admin_url} for c in clusters]
+        [
+            {
+                "name": c.name,
+                "service_url": c.service_url,
+                "admin_url": c.admin_url,
+                "token": c.token,
+            }
+            for c in clusters
+        ]
     )
 
 
@@ -197,7 +288,9 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
 def native(pulsar_cluster: PulsarCluster) -> Iterator[pulsar.Client]:
     """The native pulsar-client, to check the gateway against."""
     client = pulsar.Client(
-        pulsar_cluster.service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+        pulsar_cluster.service_url,
+        authentication=pulsar_cluster.authentication(),
+        logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
     )
     try:
         yield client
@@ -214,7 +307,7 @@ def topic() -> str:
 @pytest.fixture
 def admin(pulsar_cluster: PulsarCluster) -> Iterator[httpx.Client]:
     """Pulsar's admin REST API, to set up namespaces and inspect what the gateway did."""
-    with httpx.Client(base_url=f"{pulsar_cluster.admin_url}/admin/v2", timeout=30) as client:
+    with pulsar_cluster.admin_client() as client:
         yield client
 
 

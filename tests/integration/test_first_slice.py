@@ -6,8 +6,6 @@ import httpx
 import orjson
 import pulsar
 
-from tests.integration.conftest import PulsarCluster
-
 
 def test_gateway_publish_is_read_back_by_the_native_client(
     http: httpx.Client, native: pulsar.Client, topic: str
@@ -78,16 +76,13 @@ def test_paging_with_next_continues_without_gaps_or_repeats(http: httpx.Client, 
     assert seen == values
 
 
-def test_reads_create_no_subscription(
-    http: httpx.Client, pulsar_cluster: PulsarCluster, topic: str
-) -> None:
+def test_reads_create_no_subscription(http: httpx.Client, admin: httpx.Client, topic: str) -> None:
     http.post(f"/v1/topics/{topic}/messages", json={"messages": [{"value": 1}]})
     for position in ("earliest", "latest"):
         page = http.get(f"/v1/topics/{topic}/messages", params={"position": position})
         assert page.status_code == 200
-    subscriptions = httpx.get(
-        f"{pulsar_cluster.admin_url}/admin/v2/persistent/{topic}/subscriptions"
-    )
+    subscriptions = admin.get(f"/persistent/{topic}/subscriptions")
+    assert subscriptions.status_code == 200, subscriptions.text
     assert subscriptions.json() == []
 
 

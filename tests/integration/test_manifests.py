@@ -46,10 +46,7 @@ def west_gateway(pulsar_cluster: PulsarCluster, west_cluster: PulsarCluster) -> 
 def admins(
     pulsar_cluster: PulsarCluster, west_cluster: PulsarCluster
 ) -> Iterator[dict[str, httpx.Client]]:
-    clients = {
-        c.name: httpx.Client(base_url=f"{c.admin_url}/admin/v2", timeout=30)
-        for c in (pulsar_cluster, west_cluster)
-    }
+    clients = {c.name: c.admin_client() for c in (pulsar_cluster, west_cluster)}
     yield clients
     for client in clients.values():
         client.close()
@@ -133,6 +130,38 @@ def test_example_manifests_replicate_messages_published_on_east_to_west(
                 if m["value"]["order_id"].startswith(marker)
             }
     assert seen == {e["value"]["order_id"] for e in events}
+
+
+def test_peers_carry_their_token_to_pulsar_but_never_into_plans_or_exports(
+    pulsar_cluster: PulsarCluster,
+    west_cluster: PulsarCluster,
+    geo: httpx.Client,
+    admins: dict[str, httpx.Client],
+) -> None:
+    if west_cluster.token is None:
+        pytest.skip("the clusters run without authentication")
+    yaml_body = {"content": examples(), "headers": {"content-type": "application/yaml"}}
+    applied = geo.post("/v1/manifests/apply", **yaml_body)
+    assert applied.status_code == 200, applied.text
+
+    # Each cluster's replicator authenticates to its peer with the peer's token (the two
+    # clusters sign with different keys, so no other token would do).
+    for here, peer in (("east", west_cluster), ("west", pulsar_cluster)):
+        registered = admins[here].get(f"/clusters/{peer.name}").json()
+        assert registered["authenticationPlugin"].endswith(".AuthenticationToken")
+        assert registered.get("authenticationParameters", f"token:{peer.token}") == (
+            f"token:{peer.token}"
+        )
+
+    answers = [
+        applied.text,
+        geo.post("/v1/manifests/plan", **yaml_body).text,
+        geo.get("/v1/manifests/export", params={"tenant": "acme"}).text,
+        geo.get("/v1/manifests/export", params={"tenant": "acme", "format": "yaml"}).text,
+    ]
+    for answer in answers:
+        for cluster in (pulsar_cluster, west_cluster):
+            assert str(cluster.token) not in answer
 
 
 def test_plan_right_after_apply_reports_no_changes(geo: httpx.Client) -> None:

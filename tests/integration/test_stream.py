@@ -72,7 +72,7 @@ def test_stream_delivers_messages_published_while_connected(http: httpx.Client, 
                 continue
             values.append(orjson.loads(event["data"])["value"])
             if values == [0]:
-                with httpx.Client(base_url=str(http.base_url)) as other:
+                with httpx.Client(base_url=str(http.base_url), headers=http.headers) as other:
                     publish(other, topic, [1, 2])
             if len(values) == 3:
                 break

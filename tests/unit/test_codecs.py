@@ -11,6 +11,8 @@ from broker_gateway.pulsar.codecs import (
     parse_time,
 )
 
+TOPIC = TopicName("acme", "orders", "created")
+
 
 def test_cursor_round_trips_every_partition_position() -> None:
     positions = {
@@ -18,7 +20,7 @@ def test_cursor_round_trips_every_partition_position() -> None:
         0: Position(2**40, 2**33, -1, 0),
         5: EARLIEST,
     }
-    assert decode_cursor(encode_cursor(positions)) == {
+    assert decode_cursor(encode_cursor(positions, TOPIC), TOPIC) == {
         -1: Position(12, 7, 3, -1),
         0: Position(2**40, 2**33, -1, 0),
         5: Position(-1, -1, -1, 5),
@@ -26,7 +28,7 @@ def test_cursor_round_trips_every_partition_position() -> None:
 
 
 def test_cursor_is_url_safe_text() -> None:
-    cursor = encode_cursor({-1: Position(255, 255, 255)})
+    cursor = encode_cursor({-1: Position(255, 255, 255)}, TOPIC)
     assert cursor.isascii()
     assert not set(cursor) & set("+/=")
 
@@ -34,7 +36,17 @@ def test_cursor_is_url_safe_text() -> None:
 @pytest.mark.parametrize("garbage", ["", "!!!", "AQ", "Ag", "AQID", "not-a-cursor"])
 def test_forged_or_truncated_cursor_is_invalid_request(garbage: str) -> None:
     with pytest.raises(InvalidRequest):
-        decode_cursor(garbage)
+        decode_cursor(garbage, TOPIC)
+
+
+def test_a_cursor_is_useless_on_another_topic_or_tenant() -> None:
+    cursor = encode_cursor({-1: Position(3, 4)}, TOPIC)
+    for other in (
+        TopicName("acme", "orders", "shipped"),
+        TopicName("other", "orders", "created"),
+    ):
+        with pytest.raises(InvalidRequest, match="another topic"):
+            decode_cursor(cursor, other)
 
 
 @pytest.mark.parametrize(
@@ -73,9 +85,9 @@ def test_times_without_zone_or_malformed_are_rejected(text: str) -> None:
 
 
 def test_start_positions_parse_into_their_four_forms() -> None:
-    assert parse_start("earliest").kind == "earliest"
-    assert parse_start("latest").kind == "latest"
-    assert parse_start("time:1795000000000").time_ms == 1795000000000
-    after = parse_start(encode_cursor({-1: Position(3, 4)}))
+    assert parse_start("earliest", TOPIC).kind == "earliest"
+    assert parse_start("latest", TOPIC).kind == "latest"
+    assert parse_start("time:1795000000000", TOPIC).time_ms == 1795000000000
+    after = parse_start(encode_cursor({-1: Position(3, 4)}, TOPIC), TOPIC)
     assert after.kind == "after"
     assert after.after == {-1: Position(3, 4)}

@@ -6,11 +6,23 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker_gateway.app import create_app
+from broker_gateway.auth import mint
 from broker_gateway.settings import Settings
 
 # Port 9 (discard) is closed on loopback: a cluster that is down.
 DOWN = {"name": "down", "service_url": "pulsar://127.0.0.1:9", "admin_url": "http://127.0.0.1:9"}
 TOPIC_URL = "/v1/topics/acme/orders/created/messages"
+
+
+SECRET = "unit-tests-only-secret-of-at-least-32-bytes"
+TOKEN = mint(
+    SECRET,
+    principal="tests",
+    tenants=["*"],
+    scopes=["publish", "consume", "admin"],
+    expires_in_s=3600,
+    audience="broker-gateway",
+)
 
 
 @pytest.fixture
@@ -20,8 +32,13 @@ def client() -> Iterator[TestClient]:
         max_body_bytes=2048,
         max_messages_per_request=3,
         pulsar_operation_timeout_s=2,
+        auth_hs256_secret=SECRET,
     )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(settings),
+        raise_server_exceptions=False,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as client:
         yield client
 
 
@@ -84,9 +101,9 @@ def test_bad_base64_is_invalid_request(client: TestClient) -> None:
     assert "base64" in str(body["detail"])
 
 
-def test_too_many_messages_in_one_request_is_invalid_request(client: TestClient) -> None:
+def test_too_many_messages_in_one_request_is_payload_too_large(client: TestClient) -> None:
     response = client.post(TOPIC_URL, json={"messages": [{"value": i} for i in range(4)]})
-    assert_problem(response, 422, "invalid_request")
+    assert_problem(response, 413, "payload_too_large")
 
 
 def test_oversize_body_is_payload_too_large(client: TestClient) -> None:

@@ -1,0 +1,141 @@
+"""Defence in depth: Pulsar itself refuses a client that bypasses the gateway.
+
+The local clusters run with token authentication and authorization (see conftest.py): the
+gateway presents its own superuser token, and anyone else reaching for the broker's ports
+directly gets nothing, while the gateway goes on publishing and reading.
+"""
+
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pulsar
+import pytest
+
+from tests.integration.conftest import (
+    PULSAR_GATEWAY_ROLE,
+    TEST_CLUSTERS,
+    PulsarCluster,
+    pulsar_token,
+)
+
+# A role that is no superuser and has been granted nothing.
+STRANGER = "stranger"
+
+
+@pytest.fixture
+def secured(pulsar_cluster: PulsarCluster) -> PulsarCluster:
+    """The cluster, when it is a local one whose signing key the suite holds."""
+    if pulsar_cluster.token is None or pulsar_cluster.name not in TEST_CLUSTERS:
+        pytest.skip("needs a local test cluster with token authentication")
+    return pulsar_cluster
+
+
+@pytest.fixture
+def published(http: httpx.Client, topic: str) -> Iterator[str]:
+    """A topic holding one message, published through the gateway; checked afterwards to
+    hold just that one."""
+    response = http.post(f"/v1/topics/{topic}/messages", json={"messages": [{"value": "kept"}]})
+    assert response.status_code == 200, response.text
+    yield topic
+    page = http.get(f"/v1/topics/{topic}/messages", params={"position": "earliest"})
+    assert page.status_code == 200, page.text
+    assert [m["value"] for m in page.json()["messages"]] == ["kept"]
+
+
+def bypass(cluster: PulsarCluster, token: str | None) -> pulsar.Client:
+    """A native client straight to the broker, with `token` or with none."""
+    return pulsar.Client(
+        cluster.service_url,
+        authentication=pulsar.AuthenticationToken(token) if token else None,
+        operation_timeout_seconds=5,
+        connection_timeout_ms=2000,
+        logger=logging.getLogger("pulsar.bypass"),
+    )
+
+
+def test_the_gateway_publishes_and_reads_with_its_own_token(
+    secured: PulsarCluster, http: httpx.Client, topic: str
+) -> None:
+    values = list(range(5))
+    response = http.post(
+        f"/v1/topics/{topic}/messages", json={"messages": [{"value": v} for v in values]}
+    )
+    assert response.status_code == 200, response.text
+    page = http.get(f"/v1/topics/{topic}/messages", params={"position": "earliest"})
+    assert page.status_code == 200, page.text
+    assert [m["value"] for m in page.json()["messages"]] == values
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    ["none", "another cluster's token"],
+)
+def test_a_native_client_without_a_valid_token_can_neither_produce_nor_consume(
+    secured: PulsarCluster, published: str, credentials: str
+) -> None:
+    # The gateway's own role, signed with west's key: a real token, for the wrong cluster.
+    token = None if credentials == "none" else pulsar_token(PULSAR_GATEWAY_ROLE, "west")
+    client = bypass(secured, token)
+    try:
+        # Pulsar drops the connection of a client it cannot authenticate: the client only
+        # sees its operation time out.
+        with pytest.raises(pulsar.PulsarException):
+            client.create_producer(f"persistent://{published}")
+        with pytest.raises(pulsar.PulsarException):
+            client.subscribe(
+                f"persistent://{published}",
+                "bypass",
+                initial_position=pulsar.InitialPosition.Earliest,
+            )
+    finally:
+        client.close()
+
+
+def test_a_role_without_grants_can_neither_produce_nor_consume(
+    secured: PulsarCluster, published: str
+) -> None:
+    client = bypass(secured, pulsar_token(STRANGER, secured.name))
+    try:
+        with pytest.raises(pulsar.AuthorizationError):
+            client.create_producer(f"persistent://{published}")
+        with pytest.raises(pulsar.AuthorizationError):
+            client.subscribe(
+                f"persistent://{published}",
+                "bypass",
+                initial_position=pulsar.InitialPosition.Earliest,
+            )
+        with pytest.raises(pulsar.AuthorizationError):
+            client.create_reader(f"persistent://{published}", pulsar.MessageId.earliest)
+    finally:
+        client.close()
+
+
+def test_the_admin_api_without_a_token_is_401(secured: PulsarCluster, published: str) -> None:
+    with httpx.Client(base_url=f"{secured.admin_url}/admin/v2", timeout=30) as anonymous:
+        for path in (
+            "/tenants",
+            "/namespaces/public",
+            f"/persistent/{published}/stats",
+            "/brokers/health",
+        ):
+            assert anonymous.get(path).status_code == 401, path
+        created = anonymous.put("/tenants/bypass", json={"allowedClusters": [secured.name]})
+        assert created.status_code == 401
+
+
+def test_a_role_without_grants_is_refused_on_a_tenants_namespace(
+    secured: PulsarCluster, published: str
+) -> None:
+    headers = {"Authorization": f"Bearer {pulsar_token(STRANGER, secured.name)}"}
+    with httpx.Client(
+        base_url=f"{secured.admin_url}/admin/v2", headers=headers, timeout=30
+    ) as stranger:
+        for path in (
+            "/namespaces/public/default",
+            "/persistent/public/default",
+            f"/persistent/{published}/stats",
+        ):
+            assert stranger.get(path).status_code in (401, 403), path
+        cleared = stranger.delete(f"/persistent/{published}", params={"force": "true"})
+        assert cleared.status_code in (401, 403)
