@@ -231,7 +231,9 @@ def clusters_setting(*clusters: PulsarCluster) -> str:
     )
 
 
-def start_gateway(cluster: PulsarCluster, *peers: PulsarCluster, **settings: str) -> Gateway:
+def start_gateway(
+    cluster: PulsarCluster, *peers: PulsarCluster, log: Path | None = None, **settings: str
+) -> Gateway:
     """A `broker-gateway serve` process on a free port, ready to serve.
 
     It publishes and reads on `cluster`; manifests may also use `peers`.
@@ -244,7 +246,16 @@ def start_gateway(cluster: PulsarCluster, *peers: PulsarCluster, **settings: str
         "GATEWAY_AUTH_HS256_SECRET": GATEWAY_SECRET,
         **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
     }
-    process = subprocess.Popen([sys.executable, "-m", "broker_gateway", "serve"], env=env, cwd=ROOT)
+    output = None if log is None else log.open("wb")  # its stdout and stderr, when asked
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker_gateway", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=output,
+        stderr=None if output is None else subprocess.STDOUT,
+    )
+    if output is not None:
+        output.close()  # the child keeps its own descriptor
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

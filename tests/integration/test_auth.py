@@ -5,12 +5,21 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.conftest import ALL_SCOPES, Gateway, bearer, token
+from tests.integration.conftest import (
+    ALL_SCOPES,
+    Gateway,
+    PulsarCluster,
+    bearer,
+    start_gateway,
+    stop_gateway,
+    token,
+)
 
 TOPIC = "ns/events"
 SUBSCRIPTION = "workers"
@@ -252,3 +261,37 @@ def test_receipts_and_cursors_of_one_tenant_are_useless_in_another(
         elsewhere = client.get(f"/v1/topics/{b}/{TOPIC}/messages", params={"position": cursor})
         assert elsewhere.status_code == 422
         assert "another topic" in elsewhere.json()["detail"]
+
+
+def test_tokens_and_payloads_never_reach_the_logs(
+    pulsar_cluster: PulsarCluster, tenants: list[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "gateway.log"
+    gateway = start_gateway(pulsar_cluster, log=log, log_level="debug")
+    secret_payload = f"payload-{uuid.uuid4().hex}"
+    good, expired = token(tenants=[tenants[0]]), token(expires_in_s=-600)
+    forged = f"{good[:-8]}AAAAAAAA"
+    url = f"{gateway.url}/v1/topics/{tenants[0]}/{TOPIC}/messages"
+    try:
+        with httpx.Client(timeout=30) as client:
+            ok = client.post(
+                url, json={"messages": [{"value": secret_payload}]}, headers=bearer(good)
+            )
+            assert ok.status_code == 200
+            malformed = client.post(
+                url,
+                content=f'{{"messages": [{{"value": "{secret_payload}"',
+                headers={**bearer(good), "content-type": "application/json"},
+            )
+            assert malformed.status_code == 422
+            assert secret_payload not in malformed.text  # nor echoed back
+            for credential in (expired, forged, f"api-{secret_payload}"):
+                assert client.get(url, headers=bearer(credential)).status_code == 401
+            read = client.get(url, params={"position": "earliest"}, headers=bearer(good))
+            assert secret_payload in read.text
+    finally:
+        stop_gateway(gateway)
+    text = log.read_text()
+    assert "idempotency store loaded" in text  # the log was captured at all
+    for secret in (good, expired, forged, secret_payload, good.split(".")[2]):
+        assert secret not in text
