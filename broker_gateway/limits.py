@@ -79,28 +79,34 @@ class TenantLimits:
 
     def request(self, tenant: str) -> None:
         """Raises: RateLimited over the tenant's request rate."""
-        rate = self._settings.tenant_requests_per_s
-        if rate:
-            bucket = self._requests.get(tenant)
-            if bucket is None:
-                bucket = TokenBucket(rate, self._settings.tenant_request_burst)
-                self._requests[tenant] = bucket
-            self._check(bucket.take(1), f"tenant {tenant} is over {rate:g} requests a second")
+        rate, burst = self._settings.tenant_requests_per_s, self._settings.tenant_request_burst
+        self._take(self._requests, tenant, 1, rate, burst, "requests")
 
     def published(self, tenant: str, size: int) -> None:
         """Raises: RateLimited over the tenant's byte rate (nothing is published then)."""
-        rate = self._settings.tenant_bytes_per_s
-        if rate:
-            bucket = self._bytes.get(tenant)
-            if bucket is None:
-                bucket = TokenBucket(rate, self._settings.tenant_byte_burst)
-                self._bytes[tenant] = bucket
-            self._check(bucket.take(size), f"tenant {tenant} is over {rate:g} bytes a second")
+        rate, burst = self._settings.tenant_bytes_per_s, self._settings.tenant_byte_burst
+        self._take(self._bytes, tenant, size, rate, burst, "bytes")
 
     @staticmethod
-    def _check(wait_s: float, detail: str) -> None:
+    def _take(
+        buckets: dict[str, TokenBucket],
+        tenant: str,
+        amount: int,
+        rate: float,
+        burst: int,
+        unit: str,
+    ) -> None:
+        if not rate:
+            return
+        bucket = buckets.get(tenant)
+        if bucket is None:
+            bucket = buckets[tenant] = TokenBucket(rate, burst)
+        wait_s = bucket.take(amount)
         if wait_s > 0:
-            raise RateLimited(detail, retry_after_s=max(1, math.ceil(wait_s)))
+            raise RateLimited(
+                f"tenant {tenant} is over {rate:g} {unit} a second",
+                retry_after_s=max(1, math.ceil(wait_s)),
+            )
 
 
 class StreamSlots:

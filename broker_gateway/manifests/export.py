@@ -12,12 +12,14 @@ from broker_gateway.manifests.model import (
     Document,
     Metadata,
     Namespace,
+    NamespaceMetadata,
     NamespaceSpec,
     Subscription,
     SubscriptionMetadata,
     Tenant,
     TenantSpec,
     Topic,
+    TopicMetadata,
     TopicSpec,
     dump,
 )
@@ -65,7 +67,7 @@ def documents_from_state(
                 Topic(
                     apiVersion=API_VERSION,
                     kind="Topic",
-                    metadata=Metadata(name=name),
+                    metadata=TopicMetadata(name=name),
                     spec=TopicSpec(
                         partitions=topic["partitions"],
                         schema=topic.get("schema"),
@@ -99,7 +101,7 @@ def _namespace(name: str, states: Mapping[str, Mapping[Ref, Fields]]) -> Namespa
     return Namespace(
         apiVersion=API_VERSION,
         kind="Namespace",
-        metadata=Metadata(name=name),
+        metadata=NamespaceMetadata(name=name),
         spec=NamespaceSpec(
             replication=None if local else fields["replication"],
             retention=fields["retention"],

@@ -124,7 +124,22 @@ class Schema(Spec):
 
 
 class Metadata(Spec):
-    name: str
+    """A Tenant's: its name."""
+
+    name: Name
+
+
+class NamespaceMetadata(Metadata):
+    name: NamespacePath  # {tenant}/{namespace}
+
+
+class TopicMetadata(Metadata):
+    name: TopicPath  # {tenant}/{namespace}/{topic}
+
+
+class SubscriptionMetadata(Metadata):
+    name: Name
+    topic: TopicPath
 
 
 class TenantSpec(Spec):
@@ -173,22 +188,11 @@ class Tenant(Document):
     kind: Literal["Tenant"]
     spec: TenantSpec
 
-    @field_validator("metadata")
-    @classmethod
-    def _name(cls, value: Metadata) -> Metadata:
-        TypeAdapter(Name).validate_python(value.name)
-        return value
-
 
 class Namespace(Document):
     kind: Literal["Namespace"]
+    metadata: NamespaceMetadata
     spec: NamespaceSpec = NamespaceSpec()
-
-    @field_validator("metadata")
-    @classmethod
-    def _name(cls, value: Metadata) -> Metadata:
-        TypeAdapter(NamespacePath).validate_python(value.name)
-        return value
 
     @property
     def tenant(self) -> str:
@@ -197,33 +201,18 @@ class Namespace(Document):
 
 class Topic(Document):
     kind: Literal["Topic"]
+    metadata: TopicMetadata
     spec: TopicSpec = TopicSpec()
-
-    @field_validator("metadata")
-    @classmethod
-    def _name(cls, value: Metadata) -> Metadata:
-        TypeAdapter(TopicPath).validate_python(value.name)
-        return value
 
     @property
     def namespace(self) -> str:
         return self.name.rsplit("/", 1)[0]
 
 
-class SubscriptionMetadata(Metadata):
-    topic: TopicPath
-
-
 class Subscription(Document):
     kind: Literal["Subscription"]
     metadata: SubscriptionMetadata
     spec: SubscriptionSpec = SubscriptionSpec()
-
-    @field_validator("metadata")
-    @classmethod
-    def _name(cls, value: SubscriptionMetadata) -> SubscriptionMetadata:
-        TypeAdapter(Name).validate_python(value.name)
-        return value
 
     @property
     def topic(self) -> str:
