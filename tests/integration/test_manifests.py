@@ -1,6 +1,7 @@
 """Manifests against two real clusters, east and west, with separate metadata stores."""
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from tests.integration.conftest import (
     ROOT,
     Gateway,
     PulsarCluster,
+    bearer,
     clusters_setting,
     start_gateway,
     stop_gateway,
+    token,
 )
 
 V1 = "broker-gateway/v1"
@@ -406,3 +409,36 @@ def test_cli_validates_plans_and_exports_against_both_clusters(
     invalid = cli("apply", str(bad))
     assert invalid.returncode == 1
     assert "unknown cluster mars" in invalid.stderr
+
+
+def test_registering_clusters_with_each_other_needs_the_platform_wide_admin(
+    pulsar_cluster: PulsarCluster, west_cluster: PulsarCluster, admins: dict[str, httpx.Client]
+) -> None:
+    # A cluster east does not know yet: west's broker under another name.
+    north = dataclasses.replace(west_cluster, name="north")
+    gateway = start_gateway(pulsar_cluster, north)
+    tenant = fresh_tenant()
+    documents = [
+        {
+            "apiVersion": V1,
+            "kind": "Tenant",
+            "metadata": {"name": tenant},
+            "spec": {"clusters": ["east", "north"]},
+        }
+    ]
+    tenant_admin = bearer(token(tenants=[tenant], scopes=["admin"]))
+    try:
+        with gateway.client() as client:
+            plan = client.post("/v1/manifests/plan", json=documents, headers=tenant_admin)
+            assert plan.status_code == 200, plan.text
+            assert {"action": "create", "kind": "Cluster", "name": "north"} in [
+                {k: c[k] for k in ("action", "kind", "name")}
+                for c in plan.json()["clusters"]["east"]
+            ]
+            refused = client.post("/v1/manifests/apply", json=documents, headers=tenant_admin)
+    finally:
+        stop_gateway(gateway)
+    assert refused.status_code == 403
+    assert "platform-wide admin" in refused.json()["detail"]
+    assert "north" not in admins["east"].get("/clusters").json()
+    assert admins["east"].get(f"/tenants/{tenant}").status_code == 404
