@@ -38,7 +38,6 @@ class PulsarAdmin:
         *,
         timeout_s: float,
         retry_after_s: int,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.cluster = cluster
         self._retry_after_s = retry_after_s
@@ -49,7 +48,6 @@ class PulsarAdmin:
             base_url=str(cluster.admin_url).rstrip("/"),
             timeout=httpx.Timeout(timeout_s),
             headers=headers,
-            transport=transport,
         )
 
     async def close(self) -> None:

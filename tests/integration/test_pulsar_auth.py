@@ -5,6 +5,7 @@ gateway presents its own superuser token, and anyone else reaching for the broke
 directly gets nothing, while the gateway goes on publishing and reading.
 """
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -12,6 +13,8 @@ import httpx
 import pulsar
 import pytest
 
+from broker_gateway.pulsar.admin import CredentialsRefused, PulsarAdmin
+from broker_gateway.settings import Cluster
 from tests.integration.conftest import (
     PULSAR_GATEWAY_ROLE,
     TEST_CLUSTERS,
@@ -139,3 +142,44 @@ def test_a_role_without_grants_is_refused_on_a_tenants_namespace(
             assert stranger.get(path).status_code in (401, 403), path
         cleared = stranger.delete(f"/persistent/{published}", params={"force": "true"})
         assert cleared.status_code in (401, 403)
+
+
+@pytest.mark.parametrize(
+    ("credential", "explanation"),
+    [
+        (None, "none set: give it a token in GATEWAY_CLUSTERS"),
+        ("another cluster's", "refused the gateway's credentials"),
+        (STRANGER, "refused the gateway's credentials"),
+    ],
+)
+def test_the_gateways_admin_client_says_when_pulsar_refuses_its_credentials(
+    secured: PulsarCluster, credential: str | None, explanation: str
+) -> None:
+    other = next(name for name in TEST_CLUSTERS if name != secured.name)
+    token = {
+        None: None,
+        "another cluster's": pulsar_token(PULSAR_GATEWAY_ROLE, other),
+        STRANGER: pulsar_token(STRANGER, secured.name),
+    }[credential]
+    cluster = Cluster.model_validate(
+        {
+            "name": secured.name,
+            "service_url": secured.service_url,
+            "admin_url": secured.admin_url,
+            "token": token,
+        }
+    )
+
+    async def list_namespaces() -> None:
+        admin = PulsarAdmin(cluster, timeout_s=10, retry_after_s=1)
+        try:
+            await admin.request("GET", "/admin/v2/namespaces/public")
+        finally:
+            await admin.close()
+
+    with pytest.raises(CredentialsRefused) as refused:
+        asyncio.run(list_namespaces())
+    assert explanation in refused.value.detail
+    assert f"cluster {secured.name}" in refused.value.detail
+    if token is not None:
+        assert token not in refused.value.detail
