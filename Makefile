@@ -12,7 +12,7 @@ EAST := PULSAR_CLUSTER=east
 WEST := PULSAR_CLUSTER=west PULSAR_BROKER_PORT=6660 PULSAR_WEB_PORT=8090 PULSAR_BOOKIE_PORT=3191
 export PULSAR_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit lint format clean
+.PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit bench lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -67,14 +67,28 @@ test: $(STAMP) pulsar-fetch ## Run every test; the suite starts (and stops) its 
 test-unit: $(STAMP) ## Run the tests that need no broker
 	$(BIN)/pytest tests/unit
 
+LOADGEN := bench/loadgen/loadgen
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(LOADGEN): bench/loadgen/go.mod bench/loadgen/go.sum $(wildcard bench/loadgen/*.go)
+	cd bench/loadgen && go build -o loadgen .
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) pulsar-fetch $(LOADGEN) ## Side-by-side benchmarks (native, gateway, Pulsar WebSocket and REST) on local east
+	@$(EAST) $(PULSAR) start
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff and mypy --strict
-	$(BIN)/ruff check broker_gateway tests
-	$(BIN)/ruff format --check broker_gateway tests
+	$(BIN)/ruff check broker_gateway tests bench
+	$(BIN)/ruff format --check broker_gateway tests bench
 	$(BIN)/mypy
 
 format: $(STAMP) ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix broker_gateway tests
-	$(BIN)/ruff format broker_gateway tests
+	$(BIN)/ruff check --fix broker_gateway tests bench
+	$(BIN)/ruff format broker_gateway tests bench
 
 clean: pulsar-stop ## Remove the venv and local Pulsar data (jars stay cached)
 	rm -rf $(VENV) local/data .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,10 @@
-"""What routes are handed: settings, the Pulsar service, validated names, the caller."""
+"""What routes are handed: settings, the Pulsar service, validated names, the caller.
 
-from collections.abc import Callable
+Every dependency is `async def`, though none awaits: FastAPI runs a plain `def` dependency
+in its thread pool, a round trip through another thread on every request.
+"""
+
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Request, Security
@@ -15,27 +19,27 @@ from broker_gateway.pulsar.service import PulsarService
 from broker_gateway.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _pulsar(request: Request) -> PulsarService:
+async def _pulsar(request: Request) -> PulsarService:
     service: PulsarService = request.app.state.pulsar
     return service
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def _limits(request: Request) -> TenantLimits:
+async def _limits(request: Request) -> TenantLimits:
     limits: TenantLimits = request.app.state.limits
     return limits
 
 
-def _streams(request: Request) -> StreamSlots:
+async def _streams(request: Request) -> StreamSlots:
     streams: StreamSlots = request.app.state.streams
     return streams
 
@@ -48,7 +52,7 @@ _bearer = HTTPBearer(
 )
 
 
-def _principal(
+async def _principal(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Principal:
@@ -56,11 +60,11 @@ def _principal(
     return authenticator.authenticate(request.headers.get("authorization"))
 
 
-def _engine(request: Request) -> ManifestEngine:
-    return ManifestEngine(_settings(request).clusters, _pulsar(request).admins)
+async def _engine(request: Request) -> ManifestEngine:
+    return ManifestEngine(request.app.state.settings.clusters, request.app.state.pulsar.admins)
 
 
-def _topic(
+async def _topic(
     tenant: Annotated[str, Path(description="Tenant name")],
     namespace: Annotated[str, Path(description="Namespace name")],
     topic: Annotated[str, Path(description="Topic name (persistent)")],
@@ -68,11 +72,11 @@ def _topic(
     return TopicName.parse(tenant, namespace, topic)
 
 
-def _authorized(scope: Scope) -> Callable[..., TopicName]:
+def _authorized(scope: Scope) -> Callable[..., Awaitable[TopicName]]:
     """The topic of the path, once the caller may use `scope` on its tenant (and the
     tenant is within its request rate)."""
 
-    def authorized(
+    async def authorized(
         principal: Annotated[Principal, Depends(_principal)],
         topic: Annotated[TopicName, Depends(_topic)],
         limits: Annotated[TenantLimits, Depends(_limits)],

@@ -4,6 +4,7 @@ import hmac
 import json
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -430,3 +431,28 @@ def test_platform_admin_needs_admin_on_the_wildcard_tenant(
     tenants: set[str], scopes: set[str], expected: bool
 ) -> None:
     assert Principal("p", frozenset(tenants), frozenset(scopes)).platform_admin is expected
+
+
+def test_a_remembered_token_still_expires(
+    hs256: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import broker_gateway.auth as auth_module
+
+    token = jwt.encode(_claims(exp=int(time.time()) + 60), SECRET, algorithm="HS256")
+    assert hs256.authenticate(f"Bearer {token}").name == "alice"
+    assert hs256.authenticate(f"Bearer {token}").name == "alice"  # from memory now
+
+    class Later:
+        @staticmethod
+        def time() -> float:
+            return time.time() + 3600
+
+    class LaterDatetime(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> "LaterDatetime":
+            return cls.fromtimestamp(Later.time(), tz)
+
+    # An hour later, for the gateway's memory of the token and for PyJWT's check alike.
+    monkeypatch.setattr(auth_module, "time", Later)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", LaterDatetime)
+    assert "expired" in _rejected(hs256, f"Bearer {token}")

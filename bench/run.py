@@ -1,0 +1,400 @@
+"""`make bench`: the gateway side by side with what a user would otherwise use, in one run.
+
+On the same broker, interleaved round by round, with 100 B and 1 KiB payloads:
+
+1. publish throughput: native pulsar-client (batching on) vs the gateway's batched publish
+   (100 messages a request) vs its single-message publish vs Pulsar's own WebSocket
+   producer vs Pulsar's own REST produce endpoint, the HTTP paths at one concurrency;
+2. publish latency at a fixed offered rate (open loop): half of what the gateway's
+   single-message path sustained, offered to every single-message path alike;
+3. work queue: native Shared consumer receive + ack vs gateway pull + ack (10 and 100);
+4. replay: native Reader vs gateway paged read vs SSE stream.
+
+Load comes from bench/loadgen, a compiled Go program (pulsar-client-go for the native
+paths), so the generator is not what is measured. Results: a table on stdout, JSON under
+bench/results/ with the machine, versions and settings, and a PNG chart beside it.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from report import LATENCY_PATHS, PUBLISH_PATHS, chart, ratios, table, targets
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADGEN = ROOT / "bench" / "loadgen" / "loadgen"
+RESULTS = ROOT / "bench" / "results"
+SERVICE_URL = "pulsar://127.0.0.1:6650"
+ADMIN_URL = "http://127.0.0.1:8080"
+WS_URL = "ws://127.0.0.1:8080"
+NAMESPACE = "public/default"
+SECRET = "bench-only-signing-secret-of-at-least-32-bytes"
+
+Result = dict[str, Any]
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_loadgen(subcommand: str, *args: str) -> Result:
+    done = subprocess.run(
+        [str(LOADGEN), subcommand, *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen {subcommand} failed: {done.stderr[-2000:]}")
+    result: Result = json.loads(done.stdout)
+    return result
+
+
+class Bench:
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+        self.gateway = f"http://127.0.0.1:{options.port}"
+        self.token = subprocess.run(
+            [
+                str(ROOT / ".venv" / "bin" / "broker-gateway"),
+                "token",
+                "--scope",
+                "publish,consume,admin",
+                "--expires-in",
+                "1d",
+            ],
+            env={**os.environ, "GATEWAY_AUTH_HS256_SECRET": SECRET},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        self.auth = ["-header", f"Authorization: Bearer {self.token}"]
+        self.admin = httpx.Client(base_url=f"{ADMIN_URL}/admin/v2", timeout=30)
+        self.http = httpx.Client(
+            base_url=self.gateway, timeout=30, headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+    def topic(self, label: str) -> str:
+        """A fresh, existing topic (Pulsar's REST produce does not create topics)."""
+        name = f"{NAMESPACE}/bench-{label.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
+        self.admin.put(f"/persistent/{name}").raise_for_status()
+        return name
+
+    def timing(self, payload: int, rate: float = 0) -> list[str]:
+        o = self.options
+        return [
+            "-duration",
+            f"{o.duration}s",
+            "-warmup",
+            f"{o.warmup}s",
+            "-payload",
+            str(payload),
+            "-concurrency",
+            str(o.concurrency),
+            "-rate",
+            str(rate),
+        ]
+
+    # 1 and 2: publish ------------------------------------------------------------------
+
+    def publish(self, path: str, payload: int, rate: float = 0) -> Result:
+        topic = self.topic(path)
+        timing = self.timing(payload, rate)
+        if path == "native":
+            return run_loadgen(
+                "native-publish",
+                "-service-url",
+                SERVICE_URL,
+                "-topic",
+                f"persistent://{topic}",
+                *timing,
+            )
+        if path == "pulsar websocket":
+            return run_loadgen(
+                "ws-publish", "-url", f"{WS_URL}/ws/v2/producer/persistent/{topic}", *timing
+            )
+        if path == "pulsar rest":
+            return run_loadgen(
+                "http-publish",
+                "-mode",
+                "pulsar-rest",
+                "-batch",
+                "1",
+                "-url",
+                f"{ADMIN_URL}/topics/persistent/{topic}",
+                *timing,
+            )
+        url = f"{self.gateway}/v1/topics/{topic}/messages"
+        if path == "gateway batched":
+            return run_loadgen(
+                "http-publish",
+                "-mode",
+                "gateway-json",
+                "-batch",
+                "100",
+                "-url",
+                url,
+                *self.auth,
+                *timing,
+            )
+        assert path == "gateway single"
+        return run_loadgen("http-publish", "-mode", "gateway-raw", "-url", url, *self.auth, *timing)
+
+    # 3: work queue ---------------------------------------------------------------------
+
+    def work_queue(self, payload: int) -> list[Result]:
+        messages = str(self.options.queue_messages)
+        topic = self.topic("queue")
+        self.admin.put(
+            f"/persistent/{topic}/subscription/native", json={"ledgerId": -1, "entryId": -1}
+        ).raise_for_status()
+        for batch in (10, 100):
+            self.http.put(
+                f"/v1/topics/{topic}/subscriptions/pull{batch}",
+                json={"initial_position": "earliest", "ack_deadline_ms": 60_000},
+            ).raise_for_status()
+        self.fill(topic, payload, self.options.queue_messages)
+        results = [
+            run_loadgen(
+                "native-consume",
+                "-service-url",
+                SERVICE_URL,
+                "-topic",
+                f"persistent://{topic}",
+                "-subscription",
+                "native",
+                "-messages",
+                messages,
+                "-duration",
+                "120s",
+            )
+        ]
+        for batch in (10, 100):
+            results.append(
+                run_loadgen(
+                    "http-pull",
+                    "-url",
+                    f"{self.gateway}/v1/topics/{topic}/subscriptions/pull{batch}",
+                    *self.auth,
+                    "-batch",
+                    str(batch),
+                    "-messages",
+                    messages,
+                    "-concurrency",
+                    str(self.options.concurrency),
+                    "-duration",
+                    "120s",
+                )
+            )
+        for result, name in zip(
+            results, ("native", "gateway pull 10", "gateway pull 100"), strict=True
+        ):
+            result["path"] = name
+        return results
+
+    # 4: replay -------------------------------------------------------------------------
+
+    def replay(self, payload: int) -> list[Result]:
+        messages = str(self.options.replay_messages)
+        topic = self.topic("replay")
+        self.fill(topic, payload, self.options.replay_messages)
+        url = f"{self.gateway}/v1/topics/{topic}"
+        results = [
+            run_loadgen(
+                "native-read",
+                "-service-url",
+                SERVICE_URL,
+                "-topic",
+                f"persistent://{topic}",
+                "-messages",
+                messages,
+                "-duration",
+                "120s",
+            ),
+            run_loadgen(
+                "http-read",
+                "-url",
+                f"{url}/messages",
+                *self.auth,
+                "-limit",
+                "1000",
+                "-messages",
+                messages,
+                "-duration",
+                "120s",
+            ),
+            run_loadgen(
+                "sse-read",
+                "-url",
+                f"{url}/stream?position=earliest",
+                *self.auth,
+                "-messages",
+                messages,
+                "-duration",
+                "120s",
+            ),
+        ]
+        for result, name in zip(results, ("native", "gateway read", "gateway sse"), strict=True):
+            result["path"] = name
+        return results
+
+    def fill(self, topic: str, payload: int, messages: int) -> None:
+        run_loadgen(
+            "native-fill",
+            "-service-url",
+            SERVICE_URL,
+            "-topic",
+            f"persistent://{topic}",
+            "-messages",
+            str(messages),
+            "-payload",
+            str(payload),
+        )
+
+
+def median_result(runs: list[Result]) -> Result:
+    """The run with the median throughput, with every run's throughput kept."""
+    ordered = sorted(runs, key=lambda r: r["msgs_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["rounds_msgs_per_s"] = [round(r["msgs_per_s"], 1) for r in runs]
+    return chosen
+
+
+def measure(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"publish": {}, "latency": {}, "work_queue": {}, "replay": {}}
+    for payload in options.payloads:
+        runs: dict[str, list[Result]] = {p: [] for p in PUBLISH_PATHS}
+        for round_ in range(options.rounds):
+            # Interleaved, and in a rotated order each round, so drift hits every path alike.
+            order = (
+                PUBLISH_PATHS[round_ % len(PUBLISH_PATHS) :]
+                + PUBLISH_PATHS[: round_ % len(PUBLISH_PATHS)]
+            )
+            for path in order:
+                log(f"publish {payload} B, round {round_ + 1}: {path}")
+                runs[path].append(bench.publish(path, payload))
+        results["publish"][payload] = {p: median_result(r) for p, r in runs.items()}
+        single = results["publish"][payload]["gateway single"]["msgs_per_s"]
+        rate = max(100.0, round(single * options.load / 100) * 100 / 100)
+        latency: dict[str, Any] = {"offered_per_s": rate}
+        for path in LATENCY_PATHS:
+            log(f"latency {payload} B at {rate:.0f}/s: {path}")
+            latency[path] = bench.publish(path, payload, rate=rate)
+        results["latency"][payload] = latency
+    payload = options.payloads[0]
+    log(f"work queue, {options.queue_messages} messages of {payload} B")
+    results["work_queue"][payload] = {r["path"]: r for r in bench.work_queue(payload)}
+    log(f"replay, {options.replay_messages} messages of {payload} B")
+    results["replay"][payload] = {r["path"]: r for r in bench.replay(payload)}
+    return results
+
+
+def machine() -> dict[str, Any]:
+    def out(*args: str) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in out("lscpu").splitlines()
+            if line.startswith("Model name")
+        ),
+        "",
+    )
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "go": out("go", "version"),
+        "java": out("java", "-version") or "see local/pulsar",
+    }
+
+
+@contextmanager
+def gateway(options: argparse.Namespace) -> Iterator[None]:
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(options.port),
+        "GATEWAY_CLUSTERS": json.dumps(
+            [{"name": "east", "service_url": SERVICE_URL, "admin_url": ADMIN_URL}]
+        ),
+        "GATEWAY_AUTH_HS256_SECRET": SECRET,
+        # Measure the data path, not the per-tenant limits.
+        "GATEWAY_TENANT_REQUESTS_PER_S": "0",
+        "GATEWAY_TENANT_BYTES_PER_S": "0",
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "broker-gateway"), "serve"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if (
+                    httpx.get(f"http://127.0.0.1:{options.port}/readyz", timeout=2).status_code
+                    == 200
+                ):
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the gateway did not become ready")
+            time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--payloads", type=int, nargs="+", default=[100, 1024])
+    parser.add_argument("--duration", type=float, default=10, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per path")
+    parser.add_argument("--concurrency", type=int, default=32, help="HTTP and WebSocket clients")
+    parser.add_argument("--load", type=float, default=50, help="latency load, percent")
+    parser.add_argument("--queue-messages", type=int, default=20_000)
+    parser.add_argument("--replay-messages", type=int, default=50_000)
+    parser.add_argument("--port", type=int, default=8010)
+    options = parser.parse_args()
+
+    started = datetime.now(UTC)
+    with gateway(options):
+        results = measure(Bench(options), options)
+    measured = ratios(results)
+    checks = targets(measured)
+    sys.stdout.write(table(results, measured, checks))
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / started.strftime("%Y%m%dT%H%M%SZ")
+    document = {
+        "started": started.isoformat(),
+        "machine": machine(),
+        "versions": {"pulsar": "4.0.7 (local/pom.xml)", "gateway": "see pyproject.toml"},
+        "settings": vars(options)
+        | {"cpu_pinning": "none: broker, gateway and loadgen share both cores"},
+        "results": results,
+        "ratios": measured,
+        "targets": checks,
+    }
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2))
+    chart(results, stem.with_suffix(".png"))
+    log(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
