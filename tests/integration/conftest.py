@@ -3,9 +3,8 @@
 The suite starts its own Pulsar clusters through local/pulsar and stops them at the end:
 `east` (ports 6651/8081/3182, data under local/data/test-east) for every test, and `west`
 (6652/8082/3183, local/data/test-west) for the geo-replication tests, each on an empty
-data directory. A cluster already running there is reused and left running. Point the
-single-cluster tests at another cluster with TEST_PULSAR_SERVICE_URL and
-TEST_PULSAR_ADMIN_URL (and TEST_PULSAR_TOKEN when it wants a superuser's token).
+data directory. A cluster already running there is reused and left running. The suite
+holds the clusters' signing keys, so it always runs against clusters it started itself.
 
 Pulsar itself runs with token authentication and authorization: the gateway and the tests
 present tokens of superuser roles, signed with a test-only key per cluster, and a client
@@ -62,19 +61,18 @@ class PulsarCluster:
     name: str
     service_url: str
     admin_url: str
-    # The gateway's token for this cluster (in GATEWAY_CLUSTERS) and the tests' own; None
-    # when the cluster runs without authentication.
-    token: str | None = None
-    admin_token: str | None = None
+    # The gateway's token for this cluster (in GATEWAY_CLUSTERS) and the tests' own.
+    token: str
+    admin_token: str
 
     def admin_client(self) -> httpx.Client:
         """Pulsar's admin REST API (/admin/v2) with the tests' own token."""
-        headers = {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
         return httpx.Client(base_url=f"{self.admin_url}/admin/v2", headers=headers, timeout=30)
 
-    def authentication(self) -> pulsar.AuthenticationToken | None:
+    def authentication(self) -> pulsar.AuthenticationToken:
         """The tests' own credentials for a native pulsar.Client."""
-        return pulsar.AuthenticationToken(self.admin_token) if self.admin_token else None
+        return pulsar.AuthenticationToken(self.admin_token)
 
 
 # The gateway checks every request's token; the suite signs its tokens with this secret.
@@ -193,13 +191,7 @@ def _local_cluster(name: str) -> Iterator[PulsarCluster]:
 
 @pytest.fixture(scope="session")
 def pulsar_cluster() -> Iterator[PulsarCluster]:
-    service_url = os.environ.get("TEST_PULSAR_SERVICE_URL")
-    admin_url = os.environ.get("TEST_PULSAR_ADMIN_URL")
-    if service_url and admin_url:
-        # One token for the gateway and the tests alike: a superuser's, when it needs one.
-        token = os.environ.get("TEST_PULSAR_TOKEN") or None
-        yield PulsarCluster("configured", service_url, admin_url, token, token)
-        return
+    """The cluster every test uses: `east`."""
     yield from _local_cluster("east")
 
 

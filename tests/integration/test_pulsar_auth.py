@@ -27,14 +27,6 @@ STRANGER = "stranger"
 
 
 @pytest.fixture
-def secured(pulsar_cluster: PulsarCluster) -> PulsarCluster:
-    """The cluster, when it is a local one whose signing key the suite holds."""
-    if pulsar_cluster.token is None or pulsar_cluster.name not in TEST_CLUSTERS:
-        pytest.skip("needs a local test cluster with token authentication")
-    return pulsar_cluster
-
-
-@pytest.fixture
 def published(http: httpx.Client, topic: str) -> Iterator[str]:
     """A topic holding one message, published through the gateway; checked afterwards to
     hold just that one."""
@@ -58,7 +50,7 @@ def bypass(cluster: PulsarCluster, token: str | None) -> pulsar.Client:
 
 
 def test_the_gateway_publishes_and_reads_with_its_own_token(
-    secured: PulsarCluster, http: httpx.Client, topic: str
+    pulsar_cluster: PulsarCluster, http: httpx.Client, topic: str
 ) -> None:
     values = list(range(5))
     response = http.post(
@@ -75,11 +67,11 @@ def test_the_gateway_publishes_and_reads_with_its_own_token(
     ["none", "another cluster's token"],
 )
 def test_a_native_client_without_a_valid_token_can_neither_produce_nor_consume(
-    secured: PulsarCluster, published: str, credentials: str
+    pulsar_cluster: PulsarCluster, published: str, credentials: str
 ) -> None:
     # The gateway's own role, signed with west's key: a real token, for the wrong cluster.
     token = None if credentials == "none" else pulsar_token(PULSAR_GATEWAY_ROLE, "west")
-    client = bypass(secured, token)
+    client = bypass(pulsar_cluster, token)
     try:
         # Pulsar drops the connection of a client it cannot authenticate: the client only
         # sees its operation time out.
@@ -96,9 +88,9 @@ def test_a_native_client_without_a_valid_token_can_neither_produce_nor_consume(
 
 
 def test_a_role_without_grants_can_neither_produce_nor_consume(
-    secured: PulsarCluster, published: str
+    pulsar_cluster: PulsarCluster, published: str
 ) -> None:
-    client = bypass(secured, pulsar_token(STRANGER, secured.name))
+    client = bypass(pulsar_cluster, pulsar_token(STRANGER, pulsar_cluster.name))
     try:
         with pytest.raises(pulsar.AuthorizationError):
             client.create_producer(f"persistent://{published}")
@@ -114,8 +106,10 @@ def test_a_role_without_grants_can_neither_produce_nor_consume(
         client.close()
 
 
-def test_the_admin_api_without_a_token_is_401(secured: PulsarCluster, published: str) -> None:
-    with httpx.Client(base_url=f"{secured.admin_url}/admin/v2", timeout=30) as anonymous:
+def test_the_admin_api_without_a_token_is_401(
+    pulsar_cluster: PulsarCluster, published: str
+) -> None:
+    with httpx.Client(base_url=f"{pulsar_cluster.admin_url}/admin/v2", timeout=30) as anonymous:
         for path in (
             "/tenants",
             "/namespaces/public",
@@ -123,16 +117,16 @@ def test_the_admin_api_without_a_token_is_401(secured: PulsarCluster, published:
             "/brokers/health",
         ):
             assert anonymous.get(path).status_code == 401, path
-        created = anonymous.put("/tenants/bypass", json={"allowedClusters": [secured.name]})
+        created = anonymous.put("/tenants/bypass", json={"allowedClusters": [pulsar_cluster.name]})
         assert created.status_code == 401
 
 
 def test_a_role_without_grants_is_refused_on_a_tenants_namespace(
-    secured: PulsarCluster, published: str
+    pulsar_cluster: PulsarCluster, published: str
 ) -> None:
-    headers = {"Authorization": f"Bearer {pulsar_token(STRANGER, secured.name)}"}
+    headers = {"Authorization": f"Bearer {pulsar_token(STRANGER, pulsar_cluster.name)}"}
     with httpx.Client(
-        base_url=f"{secured.admin_url}/admin/v2", headers=headers, timeout=30
+        base_url=f"{pulsar_cluster.admin_url}/admin/v2", headers=headers, timeout=30
     ) as stranger:
         for path in (
             "/namespaces/public/default",
@@ -153,19 +147,19 @@ def test_a_role_without_grants_is_refused_on_a_tenants_namespace(
     ],
 )
 def test_the_gateways_admin_client_says_when_pulsar_refuses_its_credentials(
-    secured: PulsarCluster, credential: str | None, explanation: str
+    pulsar_cluster: PulsarCluster, credential: str | None, explanation: str
 ) -> None:
-    other = next(name for name in TEST_CLUSTERS if name != secured.name)
+    other = next(name for name in TEST_CLUSTERS if name != pulsar_cluster.name)
     token = {
         None: None,
         "another cluster's": pulsar_token(PULSAR_GATEWAY_ROLE, other),
-        STRANGER: pulsar_token(STRANGER, secured.name),
+        STRANGER: pulsar_token(STRANGER, pulsar_cluster.name),
     }[credential]
     cluster = Cluster.model_validate(
         {
-            "name": secured.name,
-            "service_url": secured.service_url,
-            "admin_url": secured.admin_url,
+            "name": pulsar_cluster.name,
+            "service_url": pulsar_cluster.service_url,
+            "admin_url": pulsar_cluster.admin_url,
             "token": token,
         }
     )
@@ -180,6 +174,6 @@ def test_the_gateways_admin_client_says_when_pulsar_refuses_its_credentials(
     with pytest.raises(CredentialsRefused) as refused:
         asyncio.run(list_namespaces())
     assert explanation in refused.value.detail
-    assert f"cluster {secured.name}" in refused.value.detail
+    assert f"cluster {pulsar_cluster.name}" in refused.value.detail
     if token is not None:
         assert token not in refused.value.detail
