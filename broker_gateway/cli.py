@@ -260,8 +260,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # The C++ client logs every connection at INFO; keep its warnings and errors.
-    logging.getLogger("pulsar.client").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command != "serve":
         logging.getLogger("broker_gateway").setLevel(logging.WARNING)

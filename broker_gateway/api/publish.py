@@ -1,6 +1,5 @@
 """POST /v1/topics/{tenant}/{namespace}/{topic}/messages"""
 
-import base64
 import binascii
 import hashlib
 from typing import Annotated, Any
@@ -75,7 +74,7 @@ class PublishMessage(BaseModel):
             payload = orjson.dumps(self.value)
         else:
             try:
-                payload = base64.b64decode(self.data, validate=True)
+                payload = binascii.a2b_base64(self.data, strict_mode=True)
             except (binascii.Error, ValueError) as exc:
                 raise InvalidRequest("'data' is not valid base64") from exc
         return OutgoingMessage(

@@ -11,7 +11,7 @@ import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from broker_gateway.errors import InvalidRequest
 
@@ -56,9 +56,12 @@ class TopicName:
         return self.path
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
-    """Where one message sits in a topic (or one partition of it)."""
+class Position(NamedTuple):
+    """Where one message sits in a topic (or one partition of it).
+
+    A tuple, not a frozen dataclass: one is built per message published or delivered,
+    and a tuple is built several times faster.
+    """
 
     ledger: int
     entry: int

@@ -33,7 +33,7 @@ import pulsar
 import pulsar.asyncio
 
 from broker_gateway.errors import GatewayError
-from broker_gateway.pulsar.bridge import callback_for
+from broker_gateway.pulsar.bridge import Gathering, callback_for, error_of
 from broker_gateway.pulsar.subscriptions import SubscriptionConfig
 
 log = logging.getLogger(__name__)
@@ -199,18 +199,44 @@ class QueueConsumer:
         self._schedule(message_id, lease, time.monotonic() + lease_ms / 1000)
         return Leased(message, message_id, attempt)
 
-    async def ack(self, message_id: bytes) -> None:
-        """Acknowledge to Pulsar. A lease that already expired was redelivered: acking its
-        id still settles it (Pulsar takes an ack from any consumer of the subscription).
+    async def ack(self, message_ids: list[bytes]) -> list[Exception | None]:
+        """Acknowledge each to Pulsar, all at once; each one's error, or None.
 
-        Raises: PulsarException.
+        A lease that already expired was redelivered: acking its id still settles it
+        (Pulsar takes an ack from any consumer of the subscription).
         """
-        lease = self._release(message_id)
-        if lease is not None:
-            await self._ack(lease.receiver, lease.message)
-            return
-        receiver = self._current or next(iter(self._retiring), None) or await self._ensure_current()
-        await self._ack(receiver, pulsar.MessageId.deserialize(message_id))
+        targets: list[tuple[_Receiver, Any] | Exception] = []
+        fallback: _Receiver | Exception | None = None
+        for message_id in message_ids:
+            lease = self._release(message_id)
+            if lease is not None:
+                targets.append((lease.receiver, lease.message))
+                continue
+            if fallback is None:
+                try:
+                    fallback = (
+                        self._current
+                        or next(iter(self._retiring), None)
+                        or await self._ensure_current()
+                    )
+                except Exception as exc:
+                    fallback = exc
+            if isinstance(fallback, Exception):
+                targets.append(fallback)
+            else:
+                targets.append((fallback, pulsar.MessageId.deserialize(message_id)))
+        acks = Gathering(sum(not isinstance(t, Exception) for t in targets))
+        sent = 0
+        for target in targets:
+            if not isinstance(target, Exception):
+                receiver, what = target
+                receiver.consumer._consumer.acknowledge_async(what, acks.callback(sent))
+                sent += 1
+        results = iter(await acks.wait())
+        return [
+            target if isinstance(target, Exception) else error_of(next(results)[0])
+            for target in targets
+        ]
 
     async def _ensure_current(self) -> _Receiver:
         """The consumer pulls go through, opened once even when pulls race for it (a
@@ -343,8 +369,9 @@ class QueueConsumer:
 
     def _schedule(self, message_id: bytes, lease: Lease, deadline: float) -> None:
         lease.deadline = deadline
+        if not self._timers or deadline < self._timers[0].deadline:
+            self._wake.set()  # the expiry task sleeps until the earliest deadline
         heapq.heappush(self._timers, _Timer(deadline, message_id))
-        self._wake.set()
 
     def _release(self, message_id: bytes) -> Lease | None:
         lease = self._leases.pop(message_id, None)

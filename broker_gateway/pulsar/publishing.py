@@ -1,13 +1,12 @@
 """Publishing: a batch of messages to one topic, each result reported on its own."""
 
-import asyncio
 import time
 from typing import Any
 
 import _pulsar
 
 from broker_gateway.errors import BrokerTimeout, BrokerUnavailable, GatewayError
-from broker_gateway.pulsar.bridge import callback_for
+from broker_gateway.pulsar.bridge import Gathering, error_of
 from broker_gateway.pulsar.codecs import Position, TopicName
 from broker_gateway.pulsar.errors import translate
 from broker_gateway.pulsar.messages import OutgoingMessage, position_of
@@ -62,17 +61,15 @@ async def publish(
         entry = await producers.acquire(topic.persistent, producer_name)
     except Exception as exc:
         raise _unavailable(translate(exc, retry_after_s), retry_after_s) from exc
-    loop = asyncio.get_running_loop()
+    sends = Gathering(len(messages))
+    send_async = entry.producer._producer.send_async
     try:
-        futures: list[asyncio.Future[Any]] = []
-        for message in messages:
-            future: asyncio.Future[Any] = loop.create_future()
-            entry.producer._producer.send_async(_build(message), callback_for(future))
-            futures.append(future)
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        for index, message in enumerate(messages):
+            send_async(_build(message), sends.callback(index))
+        results = await sends.wait()
     finally:
         producers.release(entry)
-    return [_outcome(outcome, retry_after_s) for outcome in outcomes]
+    return [_outcome(result, message_id, retry_after_s) for result, message_id in results]
 
 
 async def send(
@@ -89,10 +86,11 @@ async def send(
     return outcome
 
 
-def _outcome(outcome: Any, retry_after_s: int) -> Outcome:
-    if isinstance(outcome, BaseException):
-        return translate(outcome, retry_after_s)
-    position = position_of(outcome)
+def _outcome(result: Any, message_id: Any, retry_after_s: int) -> Outcome:
+    error = error_of(result)
+    if error is not None:
+        return translate(error, retry_after_s)
+    position = position_of(message_id)
     return None if position.ledger < 0 else position
 
 

@@ -257,7 +257,17 @@ class QueueService:
         if (topic.path, subscription) not in self._consumers:
             await self._config(topic, subscription)  # 404 for a subscription that is not there
         succeeded, failed = 0, list[dict[str, str]]()
-        for text, receipt in self._verify(topic, subscription, receipts, failed):
+        verified = self._verify(topic, subscription, receipts, failed)
+        if op == "ack":  # this replica's acks go to Pulsar together
+            here = [(text, r) for text, r in verified if r.replica == self._replica]
+            errors = await self._ack_here(topic, subscription, [r.message_id for _, r in here])
+            for (text, _), error in zip(here, errors, strict=True):
+                if error is None:
+                    succeeded += 1
+                else:
+                    failed.append({"receipt": text, "code": self._code(error)})
+            verified = [(text, r) for text, r in verified if r.replica != self._replica]
+        for text, receipt in verified:
             try:
                 if receipt.replica == self._replica:
                     applied = await self._apply_here(
@@ -279,18 +289,32 @@ class QueueService:
         self, topic: TopicName, subscription: str, op: str, message_id: bytes, ms: int | None
     ) -> bool:
         """Raises: PulsarException (an ack Pulsar refused)."""
-        consumer = self._consumers.get((topic.path, subscription))
         if op == "ack":
-            if consumer is None:  # closed (idle, or a seek): ack the id through a new one
-                consumer = await self._consumer(topic, subscription)
-            await consumer.ack(message_id)
+            [error] = await self._ack_here(topic, subscription, [message_id])
+            if error is not None:
+                raise error
             return True
+        consumer = self._consumers.get((topic.path, subscription))
         if consumer is None:
             return False
         if op == "nack":
             return consumer.nack(message_id, ms)
         assert ms is not None
         return consumer.extend(message_id, ms)
+
+    async def _ack_here(
+        self, topic: TopicName, subscription: str, message_ids: list[bytes]
+    ) -> list[Exception | None]:
+        """Each ack's error (a PulsarException), or None."""
+        if not message_ids:
+            return []
+        consumer = self._consumers.get((topic.path, subscription))
+        if consumer is None:  # closed (idle, or a seek): ack the ids through a new one
+            try:
+                consumer = await self._consumer(topic, subscription)
+            except Exception as exc:
+                return [exc] * len(message_ids)
+        return await consumer.ack(message_ids)
 
     async def _tell_owner(
         self, op: str, topic: TopicName, subscription: str, receipt: Receipt, ms: int | None
