@@ -3,7 +3,14 @@
 from pathlib import Path
 from typing import Any
 
-PUBLISH_PATHS = ("native", "gateway batched", "gateway single", "pulsar websocket", "pulsar rest")
+PUBLISH_PATHS = (
+    "native",
+    "python client",
+    "gateway batched",
+    "gateway single",
+    "pulsar websocket",
+    "pulsar rest",
+)
 LATENCY_PATHS = ("native", "gateway single", "pulsar websocket", "pulsar rest")
 
 
@@ -26,6 +33,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         lat = results["latency"][payload]
         out[f"publish {payload} B"] = {
             "gateway batched / native": ratio(tput["gateway batched"], tput["native"]),
+            # The ceiling of a gateway in Python: its client, alone in one process.
+            "gateway batched / python client": ratio(
+                tput["gateway batched"], tput["python client"]
+            ),
+            "python client / native": ratio(tput["python client"], tput["native"]),
             "gateway single / pulsar websocket": ratio(
                 tput["gateway single"], tput["pulsar websocket"]
             ),
@@ -33,20 +45,14 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             "added p50 ms (gateway single - native)": added(lat, "p50"),
             "added p99 ms (gateway single - native)": added(lat, "p99"),
         }
-    for payload, paths in results["work_queue"].items():
-        native = paths["native"]["msgs_per_s"]
-        out[f"work queue {payload} B"] = {
-            f"{p} / native": ratio(r["msgs_per_s"], native)
-            for p, r in paths.items()
-            if p != "native"
-        }
-    for payload, paths in results["replay"].items():
-        native = paths["native"]["msgs_per_s"]
-        out[f"replay {payload} B"] = {
-            f"{p} / native": ratio(r["msgs_per_s"], native)
-            for p, r in paths.items()
-            if p != "native"
-        }
+    for section in ("work_queue", "replay"):
+        for payload, paths in results[section].items():
+            native = paths["native"]["msgs_per_s"]
+            out[f"{section.replace('_', ' ')} {payload} B"] = {
+                f"{p} / native": ratio(r["msgs_per_s"], native)
+                for p, r in paths.items()
+                if p != "native"
+            }
     return out
 
 

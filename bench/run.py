@@ -2,9 +2,10 @@
 
 On the same broker, interleaved round by round, with 100 B and 1 KiB payloads:
 
-1. publish throughput: native pulsar-client (batching on) vs the gateway's batched publish
-   (100 messages a request) vs its single-message publish vs Pulsar's own WebSocket
-   producer vs Pulsar's own REST produce endpoint, the HTTP paths at one concurrency;
+1. publish throughput: native pulsar-client (Go, batching on) vs the gateway's batched
+   publish (100 messages a request) vs its single-message publish vs Pulsar's own WebSocket
+   producer vs Pulsar's own REST produce endpoint, the HTTP paths at one concurrency; and,
+   as a reference, pulsar-client for Python (what the gateway is built on) on its own;
 2. publish latency at a fixed offered rate (open loop): half of what the gateway's
    single-message path sustained, offered to every single-message path alike;
 3. work queue: native Shared consumer receive + ack vs gateway pull + ack (10 and 100);
@@ -48,14 +49,17 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_loadgen(subcommand: str, *args: str) -> Result:
-    done = subprocess.run(
-        [str(LOADGEN), subcommand, *args], capture_output=True, text=True, check=False
-    )
+def run_json(*command: str) -> Result:
+    """Run a measuring program; its result is the JSON it prints."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"loadgen {subcommand} failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(command[:2])} failed: {done.stderr[-2000:]}")
     result: Result = json.loads(done.stdout)
     return result
+
+
+def run_loadgen(subcommand: str, *args: str) -> Result:
+    return run_json(str(LOADGEN), subcommand, *args)
 
 
 class Bench:
@@ -116,6 +120,21 @@ class Bench:
                 "-topic",
                 f"persistent://{topic}",
                 *timing,
+            )
+        if path == "python client":
+            return run_json(
+                str(ROOT / ".venv" / "bin" / "python"),
+                str(ROOT / "bench" / "pyclient.py"),
+                "--service-url",
+                SERVICE_URL,
+                "--topic",
+                f"persistent://{topic}",
+                "--payload",
+                str(payload),
+                "--duration",
+                str(self.options.duration),
+                "--warmup",
+                str(self.options.warmup),
             )
         if path == "pulsar websocket":
             return run_loadgen(

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker_gateway import __version__
 from broker_gateway.api import health, manifests, publish, queue, read, stream
+from broker_gateway.api.deps import Services
 from broker_gateway.api.responses import ProblemJSON
 from broker_gateway.auth import Authenticator
 from broker_gateway.errors import (
@@ -63,16 +64,20 @@ maximum is lowered to it. `/livez`, `/readyz`, `/metrics` and the docs need no t
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()
+    auth = Authenticator(settings)
+    limits = TenantLimits(settings)
+    streams = StreamSlots(settings.max_streams_per_principal, settings.broker_retry_after_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = PulsarService(settings)
-        app.state.pulsar = service
+        pulsar = PulsarService(settings)
+        app.state.services = Services(settings, pulsar, metrics, auth, limits, streams)
         try:
-            await service.open()
+            await pulsar.open()
             yield
         finally:
-            await service.close()
+            await pulsar.close()
 
     app = FastAPI(
         title="broker-gateway",
@@ -81,13 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-    )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.auth = Authenticator(settings)
-    app.state.limits = TenantLimits(settings)
-    app.state.streams = StreamSlots(
-        settings.max_streams_per_principal, settings.broker_retry_after_s
     )
     for router in (
         health.router,
@@ -101,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     _install_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(_RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(_RequestMetrics, metrics=metrics)
     return app
 
 

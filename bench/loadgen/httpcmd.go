@@ -195,18 +195,33 @@ func batchBody(field, b64 string, n int) []byte {
 	return buf.Bytes()
 }
 
-func runHTTPPublish(args []string) (*Result, error) {
-	fs := flag.NewFlagSet("http-publish", flag.ContinueOnError)
+// parseHTTPCommand parses an HTTP subcommand's flags: the common ones, the HTTP ones
+// (-url defaulting to defaultURL) and those `extra` registers.
+func parseHTTPCommand(name string, kind cmdKind, defaultURL string, args []string, extra func(*flag.FlagSet)) (*common, *httpFlags, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var c common
 	var h httpFlags
-	registerCommon(fs, &c, kindLoad)
-	registerHTTP(fs, &h, "http://127.0.0.1:8000/v1/topics/public/default/bench/messages")
-	batch := fs.Int("batch", 1, "messages per request (gateway-json, pulsar-rest)")
-	mode := fs.String("mode", "gateway-json", "gateway-json | gateway-raw | pulsar-rest")
+	registerCommon(fs, &c, kind)
+	registerHTTP(fs, &h, defaultURL)
+	extra(fs)
 	if err := parseFlags(fs, args); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := c.validate(); err != nil {
+		return nil, nil, err
+	}
+	return &c, &h, nil
+}
+
+func runHTTPPublish(args []string) (*Result, error) {
+	var batch *int
+	var mode *string
+	c, h, err := parseHTTPCommand("http-publish", kindLoad, "http://127.0.0.1:8000/v1/topics/public/default/bench/messages", args,
+		func(fs *flag.FlagSet) {
+			batch = fs.Int("batch", 1, "messages per request (gateway-json, pulsar-rest)")
+			mode = fs.String("mode", "gateway-json", "gateway-json | gateway-raw | pulsar-rest")
+		})
+	if err != nil {
 		return nil, err
 	}
 	if *batch < 1 {
@@ -214,7 +229,7 @@ func runHTTPPublish(args []string) (*Result, error) {
 	}
 	payload := randomPayload(c.payload)
 	b64 := base64.StdEncoding.EncodeToString(payload)
-	t := &httpPublishTarget{h: &h, mode: *mode, batch: *batch, msgBytes: int64(len(payload)), n: c.concurrency}
+	t := &httpPublishTarget{h: h, mode: *mode, batch: *batch, msgBytes: int64(len(payload)), n: c.concurrency}
 	switch *mode {
 	case "gateway-json":
 		t.body, t.contentType = batchBody("data", b64, *batch), "application/json"
@@ -233,7 +248,7 @@ func runHTTPPublish(args []string) (*Result, error) {
 	t.client = newHTTPClient(conns, h.timeout)
 	log.Printf("http-publish: mode %s, batch %d, %d-byte payload, request body %d bytes",
 		*mode, t.batch, len(payload), len(t.body))
-	return runLoad("http-publish/"+*mode, &c, t), nil
+	return runLoad("http-publish/"+*mode, c, t), nil
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,17 +280,13 @@ func sumSize(msgs []gwMessage) int64 {
 // http-pull
 
 func runHTTPPull(args []string) (*Result, error) {
-	fs := flag.NewFlagSet("http-pull", flag.ContinueOnError)
-	var c common
-	var h httpFlags
-	registerCommon(fs, &c, kindDrain)
-	registerHTTP(fs, &h, "http://127.0.0.1:8000/v1/topics/public/default/bench/subscriptions/s")
-	batch := fs.Int("batch", 10, "max_messages per pull")
-	waitMS := fs.Int("wait-ms", 1000, "wait_ms per pull")
-	if err := parseFlags(fs, args); err != nil {
-		return nil, err
-	}
-	if err := c.validate(); err != nil {
+	var batch, waitMS *int
+	c, h, err := parseHTTPCommand("http-pull", kindDrain, "http://127.0.0.1:8000/v1/topics/public/default/bench/subscriptions/s", args,
+		func(fs *flag.FlagSet) {
+			batch = fs.Int("batch", 10, "max_messages per pull")
+			waitMS = fs.Int("wait-ms", 1000, "wait_ms per pull")
+		})
+	if err != nil {
 		return nil, err
 	}
 	base := strings.TrimRight(h.url, "/")
@@ -284,7 +295,7 @@ func runHTTPPull(args []string) (*Result, error) {
 	client := newHTTPClient(c.concurrency, h.timeout)
 
 	rec := newRecorder(c.messages)
-	win := newDrainWindow(&c)
+	win := newDrainWindow(c)
 	var wg sync.WaitGroup
 	for w := 0; w < c.concurrency; w++ {
 		wg.Add(1)
@@ -292,7 +303,7 @@ func runHTTPPull(args []string) (*Result, error) {
 			defer wg.Done()
 			for !rec.isClosed() && !win.expired() {
 				st := time.Now()
-				status, body, err := do(client, &h, http.MethodPost, pullURL, "application/json", pullBody)
+				status, body, err := do(client, h, http.MethodPost, pullURL, "application/json", pullBody)
 				if err == nil && !is2xx(status) {
 					err = statusErr("POST", pullURL, status, body)
 				}
@@ -319,7 +330,7 @@ func runHTTPPull(args []string) (*Result, error) {
 				}
 				ackBody, _ := json.Marshal(map[string][]string{"receipts": receipts})
 				// always ack what was pulled, even when the measurement is over
-				status, body, err = do(client, &h, http.MethodPost, ackURL, "application/json", ackBody)
+				status, body, err = do(client, h, http.MethodPost, ackURL, "application/json", ackBody)
 				end := time.Now()
 				if err == nil && !is2xx(status) {
 					err = statusErr("POST", ackURL, status, body)
@@ -374,22 +385,19 @@ func withQuery(u string, kv ...string) (string, error) {
 }
 
 func runHTTPRead(args []string) (*Result, error) {
-	fs := flag.NewFlagSet("http-read", flag.ContinueOnError)
-	var c common
-	var h httpFlags
-	registerCommon(fs, &c, kindDrain)
-	registerHTTP(fs, &h, "http://127.0.0.1:8000/v1/topics/public/default/bench/messages")
-	limit := fs.Int("limit", 1000, "limit per page")
-	position := fs.String("position", "earliest", "start position")
-	if err := parseFlags(fs, args); err != nil {
-		return nil, err
-	}
-	if err := c.validate(); err != nil {
+	var limit *int
+	var position *string
+	c, h, err := parseHTTPCommand("http-read", kindDrain, "http://127.0.0.1:8000/v1/topics/public/default/bench/messages", args,
+		func(fs *flag.FlagSet) {
+			limit = fs.Int("limit", 1000, "limit per page")
+			position = fs.String("position", "earliest", "start position")
+		})
+	if err != nil {
 		return nil, err
 	}
 	client := newHTTPClient(1, h.timeout)
 	rec := newRecorder(c.messages)
-	win := newDrainWindow(&c)
+	win := newDrainWindow(c)
 	pos := *position
 	for !rec.isClosed() && !win.expired() {
 		kv := []string{"position", pos, "limit", strconv.Itoa(*limit)}
@@ -398,7 +406,7 @@ func runHTTPRead(args []string) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		status, body, err := do(client, &h, http.MethodGet, u, "", nil)
+		status, body, err := do(client, h, http.MethodGet, u, "", nil)
 		end := time.Now()
 		if err == nil && !is2xx(status) {
 			err = statusErr("GET", u, status, body)
@@ -437,20 +445,14 @@ func runHTTPRead(args []string) (*Result, error) {
 // sse-read
 
 func runSSERead(args []string) (*Result, error) {
-	fs := flag.NewFlagSet("sse-read", flag.ContinueOnError)
-	var c common
-	var h httpFlags
-	registerCommon(fs, &c, kindDrain)
-	registerHTTP(fs, &h, "http://127.0.0.1:8000/v1/topics/public/default/bench/stream?position=earliest")
-	if err := parseFlags(fs, args); err != nil {
-		return nil, err
-	}
-	if err := c.validate(); err != nil {
+	c, h, err := parseHTTPCommand("sse-read", kindDrain, "http://127.0.0.1:8000/v1/topics/public/default/bench/stream?position=earliest", args,
+		func(*flag.FlagSet) {})
+	if err != nil {
 		return nil, err
 	}
 	client := newHTTPClient(1, 0) // a stream: no overall timeout, the context bounds it
 	rec := newRecorder(c.messages)
-	win := newDrainWindow(&c)
+	win := newDrainWindow(c)
 	ctx, cancel := deadlineCtx(win)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)

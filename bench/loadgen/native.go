@@ -80,72 +80,76 @@ func (t *nativeProducerTarget) issue(_ int, done func(outcome)) {
 		})
 }
 
-func runNativePublish(args []string) (*Result, error) {
-	fs := flag.NewFlagSet("native-publish", flag.ContinueOnError)
-	var c common
-	var n nativeFlags
-	registerCommon(fs, &c, kindLoad)
-	registerNative(fs, &n)
-	maxPending := fs.Int("max-pending", 0, "closed loop: messages kept in flight (0 = concurrency*100)")
+// producing: a producing subcommand's flags, client and producer, opened alike for
+// native-publish and native-fill.
+type producing struct {
+	c          common
+	n          nativeFlags
+	maxPending int
+	client     pulsar.Client
+	producer   pulsar.Producer
+}
+
+func openProducing(name string, kind cmdKind, args []string) (*producing, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	p := &producing{}
+	registerCommon(fs, &p.c, kind)
+	registerNative(fs, &p.n)
+	fs.IntVar(&p.maxPending, "max-pending", 0, "messages kept in flight (0 = concurrency*100)")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
-	if err := c.validate(); err != nil {
+	if err := p.c.validate(); err != nil {
 		return nil, err
 	}
-	if *maxPending <= 0 {
-		*maxPending = c.concurrency * 100
+	if p.maxPending <= 0 {
+		p.maxPending = p.c.concurrency * 100
 	}
-	client, err := n.client()
+	client, err := p.n.client()
 	if err != nil {
 		return nil, err
 	}
-	defer client.Close()
-	queue := *maxPending
-	if c.rate > 0 && c.maxInflight > queue {
-		queue = c.maxInflight
+	queue := p.maxPending
+	if p.c.rate > 0 && p.c.maxInflight > queue {
+		queue = p.c.maxInflight // open loop: scheduled sends must not block on the queue
 	}
-	producer, err := newBenchProducer(client, n.topic, queue)
+	producer, err := newBenchProducer(client, p.n.topic, queue)
 	if err != nil {
+		client.Close()
 		return nil, fmt.Errorf("create producer: %w", err)
 	}
-	defer producer.Close()
-	t := &nativeProducerTarget{producer: producer, payload: randomPayload(c.payload), maxPending: *maxPending}
-	return runLoad("native-publish", &c, t), nil
+	p.client, p.producer = client, producer
+	return p, nil
+}
+
+func (p *producing) close() {
+	p.producer.Close()
+	p.client.Close()
+}
+
+func runNativePublish(args []string) (*Result, error) {
+	p, err := openProducing("native-publish", kindLoad, args)
+	if err != nil {
+		return nil, err
+	}
+	defer p.close()
+	t := &nativeProducerTarget{producer: p.producer, payload: randomPayload(p.c.payload), maxPending: p.maxPending}
+	return runLoad("native-publish", &p.c, t), nil
 }
 
 func runNativeFill(args []string) (*Result, error) {
-	fs := flag.NewFlagSet("native-fill", flag.ContinueOnError)
-	var c common
-	var n nativeFlags
-	registerCommon(fs, &c, kindFill)
-	registerNative(fs, &n)
-	maxPending := fs.Int("max-pending", 0, "messages kept in flight (0 = concurrency*100)")
-	if err := parseFlags(fs, args); err != nil {
-		return nil, err
-	}
-	if err := c.validate(); err != nil {
-		return nil, err
-	}
-	if *maxPending <= 0 {
-		*maxPending = c.concurrency * 100
-	}
-	client, err := n.client()
+	p, err := openProducing("native-fill", kindFill, args)
 	if err != nil {
 		return nil, err
 	}
-	defer client.Close()
-	producer, err := newBenchProducer(client, n.topic, *maxPending)
-	if err != nil {
-		return nil, fmt.Errorf("create producer: %w", err)
-	}
-	defer producer.Close()
+	defer p.close()
+	c, n, producer := &p.c, &p.n, p.producer
 	payload := randomPayload(c.payload)
 	size := int64(len(payload))
 
 	rec := newRecorder(0)
-	win := newDrainWindow(&c)
-	sem := make(chan struct{}, *maxPending)
+	win := newDrainWindow(c)
+	sem := make(chan struct{}, p.maxPending)
 	var wg sync.WaitGroup
 	var sent int64
 	for sent = 0; sent < c.messages && !win.expired(); sent++ {

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import Headers
 
-from broker_gateway.api.deps import AppMetrics, AppSettings, Limits, PublishTopic, Pulsar
+from broker_gateway.api.deps import App, PublishTopic
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema
 from broker_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, problem_for
 from broker_gateway.pulsar.codecs import parse_time
@@ -152,10 +152,7 @@ _REQUEST_BODY: dict[str, Any] = {
 async def publish(
     request: Request,
     topic: PublishTopic,
-    pulsar: Pulsar,
-    settings: AppSettings,
-    metrics: AppMetrics,
-    limits: Limits,
+    app: App,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -174,14 +171,14 @@ async def publish(
     Messages keep their order within the batch.
     """
     body = await request.body()
-    producer, messages = _parse(request.headers, body, settings)
-    limits.published(topic.tenant, len(body))
+    producer, messages = _parse(request.headers, body, app.settings)
+    app.limits.published(topic.tenant, len(body))
 
     async def run() -> Answer:
-        outcomes = await pulsar.publish(topic, messages, producer)
+        outcomes = await app.pulsar.publish(topic, messages, producer)
         failed = sum(isinstance(o, GatewayError) for o in outcomes)
-        metrics.published.labels("persisted").inc(len(outcomes) - failed)
-        metrics.published.labels("failed").inc(failed)
+        app.metrics.published.labels("persisted").inc(len(outcomes) - failed)
+        app.metrics.published.labels("failed").inc(failed)
         return _answer(outcomes)
 
     if idempotency_key is None:
@@ -189,7 +186,9 @@ async def publish(
         replayed = False
     else:
         fingerprint = _fingerprint(request.headers, body)
-        answer, replayed = await pulsar.idempotency.answer(topic, idempotency_key, fingerprint, run)
+        answer, replayed = await app.pulsar.idempotency.answer(
+            topic, idempotency_key, fingerprint, run
+        )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return JSON(answer.body, status_code=answer.status, headers=headers)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker_gateway.api.deps import AppMetrics, AppSettings, ConsumeTopic, Pulsar
+from broker_gateway.api.deps import App, ConsumeTopic
 from broker_gateway.api.read import Message
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
 from broker_gateway.errors import InvalidRequest
@@ -87,31 +87,33 @@ def _settled(outcome: Outcome) -> JSON:
     responses={201: {"description": "Created"}},
 )
 async def configure(
-    body: SubscriptionSpec, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
+    body: SubscriptionSpec, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> JSON:
     """Idempotent: 201 with the configuration when created, 200 when it existed."""
     config = body.config(topic)
-    created = await pulsar.on_topic(
-        topic, lambda: pulsar.queues.configure(topic, subscription, config)
+    created = await app.pulsar.on_topic(
+        topic, lambda: app.pulsar.queues.configure(topic, subscription, config)
     )
     return JSON(asdict(config), status_code=201 if created else 200)
 
 
 @router.get(BASE, summary="Subscription configuration and stats")
-async def describe(topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar) -> JSON:
+async def describe(topic: ConsumeTopic, subscription: Subscription, app: App) -> JSON:
     """Configuration with Pulsar's stats: `backlog` (entries not yet acked: a batch of
     messages counts once), `unacked` (dispatched to the gateway, not acked),
     `oldest_unacked_age_ms`, `dead_letter_backlog` and `consumers` (gateway consumers
     attached)."""
-    described = await pulsar.on_topic(topic, lambda: pulsar.queues.describe(topic, subscription))
+    described = await app.pulsar.on_topic(
+        topic, lambda: app.pulsar.queues.describe(topic, subscription)
+    )
     config = asdict(described.pop("config"))
     return JSON({**config, **described})
 
 
 @router.delete(BASE, summary="Delete a subscription", status_code=204)
-async def delete(topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar) -> Response:
+async def delete(topic: ConsumeTopic, subscription: Subscription, app: App) -> Response:
     """Removes the subscription and its position; its dead-letter topic stays."""
-    await pulsar.on_topic(topic, lambda: pulsar.queues.delete(topic, subscription))
+    await app.pulsar.on_topic(topic, lambda: app.pulsar.queues.delete(topic, subscription))
     return Response(status_code=204)
 
 
@@ -120,28 +122,26 @@ async def pull(
     body: PullRequest,
     topic: ConsumeTopic,
     subscription: Subscription,
-    pulsar: Pulsar,
-    settings: AppSettings,
-    metrics: AppMetrics,
+    app: App,
 ) -> JSON:
     """Lease up to `max_messages` until their ack deadline; an empty list after `wait_ms`.
 
     Unacked past the deadline, a message is delivered again (to any worker, through any
     replica) with `delivery_attempt` + 1. Nothing is acknowledged to Pulsar until an ack.
     """
-    if body.max_messages > settings.max_pull_messages:
-        raise InvalidRequest(f"max_messages is at most {settings.max_pull_messages}")
-    pulled = await pulsar.on_topic(
+    if body.max_messages > app.settings.max_pull_messages:
+        raise InvalidRequest(f"max_messages is at most {app.settings.max_pull_messages}")
+    pulled = await app.pulsar.on_topic(
         topic,
-        lambda: pulsar.queues.pull(
+        lambda: app.pulsar.queues.pull(
             topic,
             subscription,
             max_messages=body.max_messages,
-            wait_s=min(body.wait_ms, settings.max_wait_ms) / 1000,
+            wait_s=min(body.wait_ms, app.settings.max_wait_ms) / 1000,
             ack_deadline_ms=body.ack_deadline_ms,
         ),
     )
-    metrics.read.inc(len(pulled))
+    app.metrics.read.inc(len(pulled))
     messages: list[dict[str, Any]] = []
     for item in pulled:
         message = render(item.message)
@@ -152,12 +152,10 @@ async def pull(
 
 
 @router.post(f"{BASE}/ack", summary="Acknowledge", responses={200: {"model": SettleResponse}})
-async def ack(
-    body: AckRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
-) -> JSON:
+async def ack(body: AckRequest, topic: ConsumeTopic, subscription: Subscription, app: App) -> JSON:
     """Done with these messages; works on any replica. Acking twice is harmless."""
-    outcome = await pulsar.on_topic(
-        topic, lambda: pulsar.queues.ack(topic, subscription, body.receipts)
+    outcome = await app.pulsar.on_topic(
+        topic, lambda: app.pulsar.queues.ack(topic, subscription, body.receipts)
     )
     return _settled(outcome)
 
@@ -166,11 +164,11 @@ async def ack(
     f"{BASE}/nack", summary="Negative acknowledge", responses={200: {"model": SettleResponse}}
 )
 async def nack(
-    body: NackRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
+    body: NackRequest, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> JSON:
     """Deliver these again after `delay_ms`; works on any replica."""
-    outcome = await pulsar.on_topic(
-        topic, lambda: pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
+    outcome = await app.pulsar.on_topic(
+        topic, lambda: app.pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
     )
     return _settled(outcome)
 
@@ -179,36 +177,36 @@ async def nack(
     f"{BASE}/extend", summary="Extend the ack deadline", responses={200: {"model": SettleResponse}}
 )
 async def extend(
-    body: ExtendRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
+    body: ExtendRequest, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> JSON:
     """Keep these leased for `ack_deadline_ms` more from now; works on any replica."""
-    outcome = await pulsar.on_topic(
+    outcome = await app.pulsar.on_topic(
         topic,
-        lambda: pulsar.queues.extend(topic, subscription, body.receipts, body.ack_deadline_ms),
+        lambda: app.pulsar.queues.extend(topic, subscription, body.receipts, body.ack_deadline_ms),
     )
     return _settled(outcome)
 
 
 @router.post(f"{BASE}/seek", summary="Seek the subscription", status_code=204)
 async def seek(
-    body: SeekRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
+    body: SeekRequest, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> Response:
     """Replay from a position (or skip to `latest`). Outstanding leases are void: their
     messages are delivered again if the new position is before them."""
     start = parse_start(body.position, topic)
-    await pulsar.on_topic(topic, lambda: pulsar.queues.seek(topic, subscription, start))
+    await app.pulsar.on_topic(topic, lambda: app.pulsar.queues.seek(topic, subscription, start))
     return Response(status_code=204)
 
 
 @router.post(f"{BASE}/dead-letters/redrive", summary="Redrive dead letters")
 async def redrive(
-    body: RedriveRequest, topic: ConsumeTopic, subscription: Subscription, pulsar: Pulsar
+    body: RedriveRequest, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> JSON:
     """Move up to `max_messages` dead letters back to the topic for this subscription.
 
     Other subscriptions of the topic skip redriven messages; readers of the topic see them.
     """
-    moved = await pulsar.on_topic(
-        topic, lambda: pulsar.queues.redrive(topic, subscription, body.max_messages)
+    moved = await app.pulsar.on_topic(
+        topic, lambda: app.pulsar.queues.redrive(topic, subscription, body.max_messages)
     )
     return JSON({"moved": moved})

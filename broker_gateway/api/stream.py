@@ -9,14 +9,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from broker_gateway.api.deps import (
-    AppMetrics,
-    AppSettings,
-    ConsumeTopic,
-    CurrentPrincipal,
-    Pulsar,
-    Streams,
-)
+from broker_gateway.api.deps import App, ConsumeTopic, CurrentPrincipal
 from broker_gateway.api.read import Encoding, Position
 from broker_gateway.api.responses import TOPIC_PROBLEMS
 from broker_gateway.errors import GatewayError, problem_body, problem_for
@@ -71,11 +64,8 @@ class _Stream(StreamingResponse):
 async def stream(
     request: Request,
     topic: ConsumeTopic,
-    pulsar: Pulsar,
-    settings: AppSettings,
-    metrics: AppMetrics,
+    app: App,
     principal: CurrentPrincipal,
-    streams: Streams,
     position: Position = "latest",
     encoding: Encoding = "json",
     last_event_id: Annotated[
@@ -94,10 +84,10 @@ async def stream(
     start = parse_start(last_event_id or position, topic)
     ndjson = NDJSON in request.headers.get("accept", "")
     stack = AsyncExitStack()
-    stack.enter_context(streams.hold(principal.name))
+    stack.enter_context(app.streams.hold(principal.name))
     try:
         # Opened before the response starts, so a bad topic is still a 404, not an event.
-        reader = await stack.enter_async_context(pulsar.reader(topic, start, queue_size=BATCH))
+        reader = await stack.enter_async_context(app.pulsar.reader(topic, start, queue_size=BATCH))
     except BaseException:
         await stack.aclose()
         raise
@@ -108,8 +98,10 @@ async def stream(
         yield b"\n" if ndjson else b": connected\n\n"
         try:
             while True:
-                batch = await pulsar.next_batch(topic, reader, BATCH, settings.stream_heartbeat_s)
-                metrics.read.inc(len(batch))
+                batch = await app.pulsar.next_batch(
+                    topic, reader, BATCH, app.settings.stream_heartbeat_s
+                )
+                app.metrics.read.inc(len(batch))
                 if not batch:
                     yield b"\n" if ndjson else b": heartbeat\n\n"
                     continue
