@@ -356,6 +356,7 @@ def gateway(options: argparse.Namespace) -> Iterator[None]:
         "GATEWAY_TENANT_REQUESTS_PER_S": "0",
         "GATEWAY_TENANT_BYTES_PER_S": "0",
         "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_WORKERS": str(options.workers),
     }
     process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "broker-gateway"), "serve"], env=env)
     try:
@@ -389,6 +390,12 @@ def main() -> None:
     parser.add_argument("--queue-messages", type=int, default=20_000)
     parser.add_argument("--replay-messages", type=int, default=50_000)
     parser.add_argument("--port", type=int, default=8010)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="gateway worker processes (default: one per core)",
+    )
     options = parser.parse_args()
 
     started = datetime.now(UTC)

@@ -5,10 +5,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +38,37 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger(__name__).warning(
             "authentication is OFF (GATEWAY_AUTH_ENABLED=false): anyone may do anything"
         )
-    uvicorn.run(
-        "broker_gateway.app:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    workers = args.workers or settings.workers
+    with _shared_by_workers(settings, workers):
+        uvicorn.run(
+            "broker_gateway.app:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=workers if workers > 1 else None,
+            loop="uvloop",
+            http="httptools",
+            log_level=settings.log_level,
+            access_log=False,
+        )
     return 0
+
+
+@contextmanager
+def _shared_by_workers(settings: Settings, workers: int) -> Iterator[None]:
+    """What several workers must share, in the environment they inherit: one receipt
+    secret (a receipt works on every worker) and one metrics directory."""
+    if workers == 1:
+        yield
+        return
+    if settings.receipt_secret is None:
+        os.environ["GATEWAY_RECEIPT_SECRET"] = secrets.token_urlsafe(32)
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # the operator's own
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="broker-gateway-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        yield
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", help="listen address (default GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default GATEWAY_PORT or 8000)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (default GATEWAY_WORKERS or 1)"
+    )
     serve.set_defaults(run=_serve)
 
     def manifest_command(name: str, help: str) -> argparse.ArgumentParser:

@@ -1,7 +1,15 @@
-"""Prometheus metrics, in a registry owned by each app (none at import time)."""
+"""Prometheus metrics, in a registry owned by each app (none at import time).
+
+Under several workers (GATEWAY_WORKERS), `serve` points PROMETHEUS_MULTIPROC_DIR at a
+directory of their own: each worker's values live there, and /metrics, whichever worker
+answers it, adds up all of them.
+"""
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 class Metrics:
@@ -33,4 +41,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            workers = CollectorRegistry()
+            MultiProcessCollector(workers)  # type: ignore[no-untyped-call]
+            return generate_latest(workers)
         return generate_latest(self.registry)

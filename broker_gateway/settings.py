@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
+    # Worker processes serving the port. Each is a replica of its own (Pulsar client,
+    # producers, consumers, per-replica limits); they share receipts and /metrics.
+    workers: int = Field(default=1, ge=1)
 
     # The first cluster carries the data plane (publish, read, queues); manifests may use
     # any of them, and /readyz checks them all. Manifests name clusters, never URLs.
