@@ -3,16 +3,23 @@
 pulsar.asyncio sets its futures unconditionally, which fails noisily once a waiter has
 given up (a read deadline, a client that disconnected). These helpers let a late result
 land quietly on a future nobody waits for any more.
+
+The client calls back at once, on the calling thread, when it has the answer already (a
+message waiting in a consumer's or reader's queue): such a future is settled there and
+then, so the caller's `await` does not go round the event loop once per message.
 """
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import _pulsar
 import pulsar.asyncio
+
+_OK = _pulsar.Result.Ok.value
 
 
 def callback_for(future: "asyncio.Future[Any]") -> Callable[[Any, Any], None]:
@@ -22,13 +29,18 @@ def callback_for(future: "asyncio.Future[Any]") -> Callable[[Any, Any], None]:
     def settle(result: Any, value: Any) -> None:
         if future.done():
             return
-        if result == _pulsar.Result.Ok:
+        if result.value == _OK:
             future.set_result(value)
         else:
             future.set_exception(pulsar.asyncio.PulsarException(result))
 
+    loop_thread = threading.get_ident()
+
     def callback(result: Any, value: Any = None) -> None:
-        loop.call_soon_threadsafe(settle, result, value)
+        if threading.get_ident() == loop_thread:
+            settle(result, value)
+        else:
+            loop.call_soon_threadsafe(settle, result, value)
 
     return callback
 
@@ -40,10 +52,11 @@ class Gathering:
     per operation: what a batch of sends costs is then mostly the client's own.
     """
 
-    __slots__ = ("_future", "_settled", "_size", "results")
+    __slots__ = ("_future", "_loop_thread", "_settled", "_size", "results")
 
     def __init__(self, size: int) -> None:
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop_thread = threading.get_ident()
         self._size = size
         self._settled = itertools.count(1)  # next() on it is atomic, from any thread
         # (result, value) per operation, in the order the callbacks were made.
@@ -56,7 +69,10 @@ class Gathering:
     def _settle(self, index: int, result: Any, value: Any = None) -> None:
         self.results[index] = (result, value)
         if next(self._settled) == self._size:
-            self._future.get_loop().call_soon_threadsafe(self._wake)
+            if threading.get_ident() == self._loop_thread:
+                self._wake()
+            else:
+                self._future.get_loop().call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
         if not self._future.done():
@@ -67,9 +83,6 @@ class Gathering:
         if self._size:
             await self._future
         return self.results
-
-
-_OK = _pulsar.Result.Ok.value
 
 
 def error_of(result: Any) -> Exception | None:
@@ -100,6 +113,8 @@ async def receive(consumer: pulsar.asyncio.Consumer, timeout_s: float) -> Any:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     consumer._consumer.receive_async(callback_for(future))
     try:
+        if future.done():  # it was queued in the client already
+            return future.result()
         return await asyncio.wait_for(future, timeout_s)
     except TimeoutError:
         return None

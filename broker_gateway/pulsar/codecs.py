@@ -5,6 +5,7 @@ No broker is needed here, so all of it is unit-tested on its own.
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -87,6 +88,7 @@ _TAG_BYTES: Final = 6
 _ENTRY: Final = struct.Struct(">iqqi")
 
 
+@functools.lru_cache(maxsize=4096)  # a stream tags every event's cursor
 def _topic_tag(topic: TopicName) -> bytes:
     return hashlib.blake2b(topic.path.encode(), digest_size=_TAG_BYTES).digest()
 

@@ -344,13 +344,14 @@ class QueueConsumer:
         assert current is not None
         future = current.receive()
         try:
-            message = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            if not future.done():  # else the client had it queued, and answered at once
+                await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             return None
         finally:
             current.claimed.discard(future)
         current.receives.remove(future)
-        return current, message
+        return current, future.result()
 
     def _redeliver(self, lease: Lease) -> None:
         """A delivery failed (nacked, or its deadline passed): deliver it again, or, if that

@@ -10,6 +10,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,12 +170,16 @@ class TopicReader:
 
         Within a partition the order is Pulsar's; the cursor moves past each one handed out.
         """
-        streams = [
-            [(m.publish_timestamp(), i, m) for m in p.buffer]
-            for i, p in enumerate(self._partitions)
-            if p.buffer
-        ]
-        merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
+        buffered = [i for i, p in enumerate(self._partitions) if p.buffer]
+        if len(buffered) == 1:  # nothing to merge
+            [i] = buffered
+            merged: Iterable[tuple[int, int, Any]] = ((0, i, m) for m in self._partitions[i].buffer)
+        else:
+            streams = [
+                [(m.publish_timestamp(), i, m) for m in self._partitions[i].buffer]
+                for i in buffered
+            ]
+            merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
         deliveries: list[Delivery] = []
         taken = [0] * len(self._partitions)
         for _, index, message in itertools.islice(merged, limit):

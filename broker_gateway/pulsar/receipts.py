@@ -14,7 +14,7 @@ from typing import Final
 
 from broker_gateway.pulsar.codecs import TopicName
 
-_VERSION: Final = 1
+_VERSION: Final = 2  # 1 was signed with HMAC-SHA256
 _REPLICA_BYTES: Final = 8
 _MAC_BYTES: Final = 16
 
@@ -31,7 +31,8 @@ class Receipt:
 
 class ReceiptSigner:
     def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+        # BLAKE2b takes keys of up to 64 bytes: a longer secret is hashed down to one.
+        self._key = secret if len(secret) <= 64 else hashlib.blake2b(secret).digest()
 
     def sign(self, receipt: Receipt, topic: TopicName, subscription: str) -> str:
         body = bytes([_VERSION]) + receipt.replica + receipt.message_id
@@ -52,5 +53,6 @@ class ReceiptSigner:
         return Receipt(body[1 : 1 + _REPLICA_BYTES], body[1 + _REPLICA_BYTES :])
 
     def _mac(self, body: bytes, topic: TopicName, subscription: str) -> bytes:
+        # Keyed BLAKE2b is a MAC in one call: HMAC-SHA256 cost twice as much per message.
         scope = f"\0{topic.path}\0{subscription}".encode()
-        return hmac.new(self._secret, body + scope, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hashlib.blake2b(body + scope, key=self._key, digest_size=_MAC_BYTES).digest()
