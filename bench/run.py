@@ -5,7 +5,8 @@ On the same broker, interleaved round by round, with 100 B and 1 KiB payloads:
 1. publish throughput: native pulsar-client (Go, batching on) vs the gateway's batched
    publish (100 messages a request) vs its single-message publish vs Pulsar's own WebSocket
    producer vs Pulsar's own REST produce endpoint, the HTTP paths at one concurrency; and,
-   as a reference, pulsar-client for Python (what the gateway is built on) on its own;
+   as references, pulsar-client for Python (what the gateway is built on) on its own, and
+   the HTTP floor (bench/floor.py: the gateway's server stack answering without working);
 2. publish latency at a fixed offered rate (open loop): half of what the gateway's
    single-message path sustained, offered to every single-message path alike;
 3. work queue: native Shared consumer receive + ack vs gateway pull + ack (10 and 100);
@@ -25,7 +26,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,9 @@ class Bench:
                 *self.auth,
                 *timing,
             )
+        if path == "http floor":
+            floor = f"http://127.0.0.1:{self.options.port + 1}/v1/topics/{topic}/messages"
+            return run_loadgen("http-publish", "-mode", "gateway-raw", "-url", floor, *timing)
         assert path == "gateway single"
         return run_loadgen("http-publish", "-mode", "gateway-raw", "-url", url, *self.auth, *timing)
 
@@ -344,7 +348,27 @@ def machine() -> dict[str, Any]:
 
 
 @contextmanager
-def gateway(options: argparse.Namespace) -> Iterator[None]:
+def serving(command: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+    """A server process, once `ready_url` answers 200; stopped on leaving."""
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{command[0]} did not become ready")
+            time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def gateway(options: argparse.Namespace) -> AbstractContextManager[None]:
     env = {
         **os.environ,
         "GATEWAY_PORT": str(options.port),
@@ -358,33 +382,28 @@ def gateway(options: argparse.Namespace) -> Iterator[None]:
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_WORKERS": str(options.workers),
     }
-    process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "broker-gateway"), "serve"], env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if (
-                    httpx.get(f"http://127.0.0.1:{options.port}/readyz", timeout=2).status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the gateway did not become ready")
-            time.sleep(0.2)
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    command = [str(ROOT / ".venv" / "bin" / "broker-gateway"), "serve"]
+    return serving(command, env, f"http://127.0.0.1:{options.port}/readyz")
+
+
+def http_floor(options: argparse.Namespace) -> AbstractContextManager[None]:
+    """bench/floor.py on the gateway's server stack, one port up."""
+    port = str(options.port + 1)
+    command = [
+        *(str(ROOT / ".venv" / "bin" / "uvicorn"), "floor:app", "--app-dir", "bench"),
+        *("--port", port, "--workers", str(options.workers), "--lifespan", "off"),
+        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
+    ]
+    return serving(command, dict(os.environ), f"http://127.0.0.1:{port}/")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payloads", type=int, nargs="+", default=[100, 1024])
-    parser.add_argument("--duration", type=float, default=10, help="seconds measured per run")
+    parser.add_argument("--duration", type=float, default=8, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per path")
+    # Three, so the median sets aside one disturbed round (this machine's runs vary).
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path")
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP and WebSocket clients")
     parser.add_argument("--load", type=float, default=50, help="latency load, percent")
     parser.add_argument("--queue-messages", type=int, default=20_000)
@@ -399,7 +418,7 @@ def main() -> None:
     options = parser.parse_args()
 
     started = datetime.now(UTC)
-    with gateway(options):
+    with gateway(options), http_floor(options):
         results = measure(Bench(options), options)
     measured = ratios(results)
     checks = targets(measured)
