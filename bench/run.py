@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -322,10 +324,12 @@ def measure(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     def out(*args: str) -> str:
+        """What a command prints (java -version prints to stderr)."""
         try:
-            return subprocess.run(args, capture_output=True, text=True, check=False).stdout.strip()
+            done = subprocess.run(args, capture_output=True, text=True, check=False)
         except OSError:
             return ""
+        return done.stdout.strip() or done.stderr.strip()
 
     cpu = next(
         (
@@ -343,7 +347,25 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "go": out("go", "version"),
-        "java": out("java", "-version") or "see local/pulsar",
+        "java": out("java", "-version").split("\n", 1)[0],
+    }
+
+
+def versions() -> dict[str, str]:
+    """Pulsar, the Python packages on the measured paths, and the load generator's."""
+    pom = (ROOT / "local" / "pom.xml").read_text()
+    found = re.search(r"<pulsar.version>([^<]+)</pulsar.version>", pom)
+    packages = ("broker-gateway", "fastapi", "starlette", "uvicorn", "uvloop", "httptools")
+    packages += ("pydantic", "orjson", "pulsar-client")
+    go_mod = (ROOT / "bench" / "loadgen" / "go.mod").read_text()
+    return {
+        "pulsar": found.group(1) if found else "unknown",
+        **{name: metadata.version(name) for name in packages},
+        **{
+            module.rsplit("/", 1)[-1]: version
+            for module, version in re.findall(r"^\s+(\S+/\S+) (v\S+)$", go_mod, re.MULTILINE)
+            if module.endswith(("pulsar-client-go", "coder/websocket"))
+        },
     }
 
 
@@ -429,7 +451,7 @@ def main() -> None:
     document = {
         "started": started.isoformat(),
         "machine": machine(),
-        "versions": {"pulsar": "4.0.7 (local/pom.xml)", "gateway": "see pyproject.toml"},
+        "versions": versions(),
         "settings": vars(options)
         | {"cpu_pinning": "none: broker, gateway and loadgen share both cores"},
         "results": results,
