@@ -206,37 +206,30 @@ class QueueConsumer:
         (Pulsar takes an ack from any consumer of the subscription).
         """
         targets: list[tuple[_Receiver, Any] | Exception] = []
-        fallback: _Receiver | Exception | None = None
         for message_id in message_ids:
             lease = self._release(message_id)
             if lease is not None:
                 targets.append((lease.receiver, lease.message))
                 continue
-            if fallback is None:
-                try:
-                    fallback = (
-                        self._current
-                        or next(iter(self._retiring), None)
-                        or await self._ensure_current()
-                    )
-                except Exception as exc:
-                    fallback = exc
-            if isinstance(fallback, Exception):
-                targets.append(fallback)
+            try:
+                receiver = await self._any_receiver()
+            except Exception as exc:  # a PulsarException: no consumer to ack it through
+                targets.append(exc)
             else:
-                targets.append((fallback, pulsar.MessageId.deserialize(message_id)))
-        acks = Gathering(sum(not isinstance(t, Exception) for t in targets))
-        sent = 0
-        for target in targets:
-            if not isinstance(target, Exception):
-                receiver, what = target
-                receiver.consumer._consumer.acknowledge_async(what, acks.callback(sent))
-                sent += 1
+                targets.append((receiver, pulsar.MessageId.deserialize(message_id)))
+        sending = [t for t in targets if not isinstance(t, Exception)]
+        acks = Gathering(len(sending))
+        for index, (receiver, target) in enumerate(sending):
+            receiver.consumer._consumer.acknowledge_async(target, acks.callback(index))
         results = iter(await acks.wait())
-        return [
-            target if isinstance(target, Exception) else error_of(next(results)[0])
-            for target in targets
-        ]
+        return [t if isinstance(t, Exception) else error_of(next(results)[0]) for t in targets]
+
+    async def _any_receiver(self) -> _Receiver:
+        """A consumer of the subscription, opened if there is none.
+
+        Raises: PulsarException.
+        """
+        return self._current or next(iter(self._retiring), None) or await self._ensure_current()
 
     async def _ensure_current(self) -> _Receiver:
         """The consumer pulls go through, opened once even when pulls race for it (a
