@@ -105,7 +105,8 @@ class Settings(BaseSettings):
     stream_heartbeat_s: float = Field(default=15.0, gt=0)
 
     # Work queues. Receipts are signed with this secret: give every replica the same one.
-    # Unset, each process makes its own, and its receipts work on it alone.
+    # Unset, each `serve` makes its own (shared by its workers), and its receipts work on
+    # it alone.
     receipt_secret: SecretStr | None = None
     max_pull_messages: int = Field(default=1000, ge=1)
     # After this long without a pull, a replica hands back messages that reached it for no

@@ -341,8 +341,13 @@ class QueueConsumer:
                 await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             return None
+        except asyncio.CancelledError:
+            if not future.cancelled():
+                raise  # this pull was cancelled (its client went away)
         finally:
             current.claimed.discard(future)
+        if future.cancelled():  # the consumer closed under the pull (a seek, or idle)
+            return None
         current.receives.remove(future)
         return current, future.result()
 

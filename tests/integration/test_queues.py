@@ -325,6 +325,31 @@ def test_seek_to_earliest_replays_acked_messages(queue: Queue) -> None:
     assert sorted(m["value"] for m in replayed) == [0, 1, 2]
 
 
+def test_a_pull_waiting_while_another_replica_seeks_ends_without_error(queue: Queue) -> None:
+    queue.configure()
+    assert queue.pull(0, wait_ms=0) == []  # replica 0 now has a consumer
+    waiting: list[httpx.Response] = []
+    pull = threading.Thread(
+        target=lambda: waiting.append(
+            queue.http.post(queue.url(0, "/pull"), json={"max_messages": 3, "wait_ms": 8000})
+        )
+    )
+    pull.start()
+    time.sleep(1)  # the pull waits on replica 0's consumer
+    # The seek closes every replica's consumer, replica 0's under the waiting pull.
+    seek = queue.http.post(queue.url(1, "/seek"), json={"position": "earliest"})
+    assert seek.status_code == 204
+    pull.join(timeout=30)
+    assert waiting[0].status_code == 200, waiting[0].text
+    assert waiting[0].json() == {"messages": []}
+    queue.publish([{"value": 1}])
+    replayed: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while not replayed and time.monotonic() < deadline:
+        replayed = queue.pull(0, wait_ms=2000)
+    assert [m["value"] for m in replayed] == [1]
+
+
 def test_a_slow_worker_leaves_messages_in_pulsar_not_in_the_gateway(queue: Queue) -> None:
     queue.configure()
     queue.publish([{"value": n, "key": f"k{n}"} for n in range(1000)])
