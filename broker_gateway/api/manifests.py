@@ -5,10 +5,10 @@ from typing import Annotated, Any, Final
 import orjson
 import yaml
 from fastapi import APIRouter, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from broker_gateway.api.bodies import media_type, validated
 from broker_gateway.api.deps import CurrentPrincipal, Engine
 from broker_gateway.api.responses import JSON, V1_PROBLEMS, inline_schema, problems
 from broker_gateway.auth import Principal
@@ -86,18 +86,13 @@ async def _read(
 
 async def _parse(request: Request, allow_destructive: bool, prune: bool) -> _Options:
     body = await request.body()
-    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+    if media_type(request.headers) == "application/json":
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidManifest([Problem("body", f"not valid JSON: {exc}")]) from exc
         if isinstance(parsed, dict) and "documents" in parsed:
-            try:
-                options = ManifestRequest.model_validate(parsed)
-            except ValidationError as exc:
-                raise RequestValidationError(
-                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
-                ) from exc
+            options = validated(ManifestRequest, parsed)
             return _Options(
                 [(f"body#{i}", d) for i, d in enumerate(options.documents, start=1)],
                 allow_destructive or options.allow_destructive,

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers
 
+from broker_gateway.api.bodies import media_type, validated
 from broker_gateway.api.deps import App, PublishTopic
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema
 from broker_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, problem_for
@@ -197,15 +197,9 @@ def _parse(
     headers: Headers, body: bytes, settings: Settings
 ) -> tuple[str | None, list[OutgoingMessage]]:
     """Raises: RequestValidationError, InvalidRequest."""
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
+    if media_type(headers) != "application/json":
         return None, [_raw_message(headers, body)]
-    try:
-        request = PublishRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
-        ) from exc
+    request = validated(PublishRequest, body)
     if len(request.messages) > settings.max_messages_per_request:
         raise PayloadTooLarge(
             f"{len(request.messages)} messages in one request; the limit is "

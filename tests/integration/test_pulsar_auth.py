@@ -71,37 +71,29 @@ def test_a_native_client_without_a_valid_token_can_neither_produce_nor_consume(
 ) -> None:
     # The gateway's own role, signed with west's key: a real token, for the wrong cluster.
     token = None if credentials == "none" else pulsar_token(PULSAR_GATEWAY_ROLE, "west")
-    client = bypass(pulsar_cluster, token)
-    try:
-        # Pulsar drops the connection of a client it cannot authenticate: the client only
-        # sees its operation time out.
-        with pytest.raises(pulsar.PulsarException):
-            client.create_producer(f"persistent://{published}")
-        with pytest.raises(pulsar.PulsarException):
-            client.subscribe(
-                f"persistent://{published}",
-                "bypass",
-                initial_position=pulsar.InitialPosition.Earliest,
-            )
-    finally:
-        client.close()
+    # Pulsar drops the connection of a client it cannot authenticate: the client only
+    # sees its operation time out.
+    assert_refused(bypass(pulsar_cluster, token), published, pulsar.PulsarException)
 
 
 def test_a_role_without_grants_can_neither_produce_nor_consume(
     pulsar_cluster: PulsarCluster, published: str
 ) -> None:
     client = bypass(pulsar_cluster, pulsar_token(STRANGER, pulsar_cluster.name))
+    assert_refused(client, published, pulsar.AuthorizationError)
+
+
+def assert_refused(client: pulsar.Client, topic: str, refusal: type[Exception]) -> None:
+    """A producer, a consumer and a reader on `topic` all fail with `refusal`; `client` is
+    closed."""
+    name = f"persistent://{topic}"
     try:
-        with pytest.raises(pulsar.AuthorizationError):
-            client.create_producer(f"persistent://{published}")
-        with pytest.raises(pulsar.AuthorizationError):
-            client.subscribe(
-                f"persistent://{published}",
-                "bypass",
-                initial_position=pulsar.InitialPosition.Earliest,
-            )
-        with pytest.raises(pulsar.AuthorizationError):
-            client.create_reader(f"persistent://{published}", pulsar.MessageId.earliest)
+        with pytest.raises(refusal):
+            client.create_producer(name)
+        with pytest.raises(refusal):
+            client.subscribe(name, "bypass", initial_position=pulsar.InitialPosition.Earliest)
+        with pytest.raises(refusal):
+            client.create_reader(name, pulsar.MessageId.earliest)
     finally:
         client.close()
 

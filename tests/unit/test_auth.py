@@ -2,7 +2,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,13 +19,6 @@ from broker_gateway.settings import Settings
 SECRET = "s" * 40
 OTHER_SECRET = "o" * 40
 AUDIENCE = "broker-gateway"
-
-
-@pytest.fixture(autouse=True)
-def _no_gateway_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("GATEWAY_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -189,6 +189,19 @@ def test_manifest_json_with_a_bad_option_is_an_invalid_request(client: TestClien
     assert_problem(response, 422, "invalid_request")
 
 
+def test_manifest_json_is_recognised_whatever_the_case_of_its_media_type(
+    client: TestClient,
+) -> None:
+    response = client.post(
+        "/v1/manifests/apply",
+        content=b'{"documents": [], "allow_destructive": "maybe"}',
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+    )
+    # Read as the JSON request it is (a bad option), not as a YAML manifest.
+    body = assert_problem(response, 422, "invalid_request")
+    assert "allow_destructive" in str(body["detail"])
+
+
 def test_plan_against_a_cluster_that_is_down_is_unavailable(client: TestClient) -> None:
     response = client.post(
         "/v1/manifests/plan", content=MANIFEST, headers={"content-type": "application/yaml"}
