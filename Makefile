@@ -12,7 +12,7 @@ EAST := PULSAR_CLUSTER=east
 WEST := PULSAR_CLUSTER=west PULSAR_BROKER_PORT=6660 PULSAR_WEB_PORT=8090 PULSAR_BOOKIE_PORT=3191
 export PULSAR_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit bench lint format clean
+.PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit test-deploy images bench lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -61,11 +61,27 @@ run: pulsar-start $(DEV_SECRET) ## Start Pulsar, apply topics/, serve on 127.0.0
 	echo; \
 	$(BIN)/broker-gateway serve
 
-test: $(STAMP) pulsar-fetch ## Run every test; the suite starts (and stops) its own Pulsar
+test: $(STAMP) pulsar-fetch ## Run the unit and integration tests; the suite starts (and stops) its own Pulsar
 	$(BIN)/pytest
 
 test-unit: $(STAMP) ## Run the tests that need no broker
 	$(BIN)/pytest tests/unit
+
+HELM := .tools/bin/helm
+DEPLOY_STAMP := $(VENV)/.deploy-installed
+
+$(HELM):
+	GOBIN=$(abspath $(@D)) go install helm.sh/helm/v3/cmd/helm@v3.19.0
+
+$(DEPLOY_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[deploy]'
+	touch $@
+
+images: pulsar-fetch ## Build the gateway image and a Pulsar image from local/'s jars (Docker engine started if needed)
+	docker/images all
+
+test-deploy: $(DEPLOY_STAMP) $(HELM) pulsar-fetch ## Test the image, two containers as replicas, docker/compose.yaml and the Helm chart
+	$(BIN)/pytest tests/deploy
 
 LOADGEN := bench/loadgen/loadgen
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -91,4 +107,4 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format broker_gateway tests bench
 
 clean: pulsar-stop ## Remove the venv and local Pulsar data (jars stay cached)
-	rm -rf $(VENV) local/data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) local/data .tools .mypy_cache .ruff_cache .pytest_cache

@@ -21,6 +21,7 @@ from broker_gateway.api import health, manifests, publish, queue, read, stream
 from broker_gateway.api.deps import Services
 from broker_gateway.api.responses import ProblemJSON
 from broker_gateway.auth import Authenticator
+from broker_gateway.draining import Draining
 from broker_gateway.errors import (
     HTTP_STATUS_CODES,
     GatewayError,
@@ -72,10 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pulsar = PulsarService(settings)
-        app.state.services = Services(settings, pulsar, metrics, auth, limits, streams)
+        draining = Draining()
+        app.state.services = Services(settings, pulsar, metrics, auth, limits, streams, draining)
         try:
             await pulsar.open()
-            yield
+            with draining.on_signals():
+                yield
         finally:
             await pulsar.close()
 

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # Worker processes serving the port. Each is a replica of its own (Pulsar client,
     # producers, consumers, per-replica limits); they share receipts and /metrics.
     workers: int = Field(default=1, ge=1)
+    # On SIGTERM the gateway stops accepting connections, ends live streams, lets open
+    # requests finish for up to this long (at least max_wait_ms, so no long poll is cut),
+    # then exits 0. An orchestrator's grace period must be longer (the chart adds 5 s).
+    drain_timeout_s: int = Field(default=30, ge=0)
 
     # The first cluster carries the data plane (publish, read, queues); manifests may use
     # any of them, and /readyz checks them all. Manifests name clusters, never URLs.

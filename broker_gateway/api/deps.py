@@ -12,6 +12,7 @@ from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from broker_gateway.auth import Authenticator, Principal, Scope
+from broker_gateway.draining import Draining
 from broker_gateway.limits import StreamSlots, TenantLimits
 from broker_gateway.manifests.engine import ManifestEngine
 from broker_gateway.metrics import Metrics
@@ -31,6 +32,7 @@ class Services:
     auth: Authenticator
     limits: TenantLimits
     streams: StreamSlots
+    draining: Draining
 
 
 async def _services(request: Request) -> Services:

@@ -1,7 +1,8 @@
 """GET /v1/topics/{tenant}/{namespace}/{topic}/stream: follow a topic live."""
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from typing import Annotated
 
 import orjson
@@ -96,11 +97,20 @@ async def stream(
 
     async def events() -> AsyncIterator[bytes]:
         yield b"\n" if ndjson else b": connected\n\n"
+        # The replica is shutting down: end the stream, and the client resumes elsewhere.
+        draining = asyncio.ensure_future(app.draining.wait())
         try:
             while True:
-                batch = await app.pulsar.next_batch(
-                    topic, reader, BATCH, app.settings.stream_heartbeat_s
+                fetching = asyncio.ensure_future(
+                    app.pulsar.next_batch(topic, reader, BATCH, app.settings.stream_heartbeat_s)
                 )
+                await asyncio.wait((fetching, draining), return_when=asyncio.FIRST_COMPLETED)
+                if not fetching.done():  # the client resumes after its last event
+                    fetching.cancel()
+                    with suppress(asyncio.CancelledError, GatewayError):
+                        await fetching
+                    return
+                batch = fetching.result()
                 app.metrics.read.inc(len(batch))
                 if not batch:
                     yield b"\n" if ndjson else b": heartbeat\n\n"
@@ -113,6 +123,8 @@ async def stream(
                 if ndjson
                 else b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
             )
+        finally:
+            draining.cancel()
 
     return _Stream(events(), stack.aclose, NDJSON if ndjson else SSE)
 

@@ -38,12 +38,20 @@ def parse_text(text: str | bytes, source: str) -> Raw:
 def load_paths(paths: Iterable[str | Path]) -> Raw:
     """Files, or directories searched for *.yaml, *.yml and *.json, in name order.
 
+    Hidden files and directories inside a directory are skipped: a Kubernetes ConfigMap
+    volume keeps a second copy of its files in `..<timestamp>/`.
     Raises: InvalidManifest when a path is missing or a file is not YAML.
     """
     raw: Raw = []
     for path in map(Path, paths):
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in _SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
         elif path.is_file():
             files = [path]
         else:

@@ -406,3 +406,20 @@ def test_missing_path_is_an_invalid_manifest() -> None:
     assert caught.value.extra["errors"] == [
         f"{EXAMPLES / 'missing.yaml'}: no such file or directory"
     ]
+
+
+def test_a_configmap_volume_is_read_once_without_its_hidden_copies(tmp_path: Path) -> None:
+    """Kubelet mounts a ConfigMap as `name -> ..data/name`, `..data -> ..<timestamp>/`."""
+    snapshot = tmp_path / "..2026_11_30_10_00_00.123"
+    snapshot.mkdir()
+    (snapshot / "tenant.yaml").write_text(
+        "apiVersion: broker-gateway/v1\nkind: Tenant\nmetadata: {name: acme}\n"
+        "spec: {clusters: [east]}\n"
+    )
+    (tmp_path / "..data").symlink_to(snapshot.name)
+    (tmp_path / "tenant.yaml").symlink_to("..data/tenant.yaml")
+
+    raw = load_paths([tmp_path])
+
+    assert [source for source, _ in raw] == [f"{tmp_path / 'tenant.yaml'}#1"]
+    assert build(raw, ["east"]).documents()[0].metadata.name == "acme"
