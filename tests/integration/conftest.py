@@ -108,6 +108,23 @@ def bearer(value: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {value or token()}"}
 
 
+def pull_all(client: httpx.Client, queue: str, count: int, ack_deadline_ms: int) -> dict[int, str]:
+    """Pull from `queue` until `count` messages valued 0..count-1 are leased: value ->
+    receipt. Fails after 30 s."""
+    pulled: dict[int, str] = {}
+    deadline = time.monotonic() + 30
+    while len(pulled) < count and time.monotonic() < deadline:
+        response = client.post(
+            f"{queue}/pull",
+            json={"max_messages": 10, "wait_ms": 500, "ack_deadline_ms": ack_deadline_ms},
+        )
+        assert response.status_code == 200, response.text
+        for message in response.json()["messages"]:
+            pulled.setdefault(message["value"], message["receipt"])
+    assert sorted(pulled) == list(range(count))
+    return pulled
+
+
 @dataclass(frozen=True)
 class Gateway:
     url: str

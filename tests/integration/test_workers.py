@@ -10,7 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, PulsarCluster, bearer, start_gateway, stop_gateway
+from tests.integration.conftest import (
+    Gateway,
+    PulsarCluster,
+    bearer,
+    pull_all,
+    start_gateway,
+    stop_gateway,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +89,7 @@ def test_a_message_pulled_through_one_worker_is_acked_through_any(two_workers: G
         assert published.status_code == 200, published.text
 
         # A short deadline: a message whose ack went astray would come back.
-        pulled: dict[int, str] = {}
-        deadline = time.monotonic() + 30
-        while len(pulled) < 40 and time.monotonic() < deadline:
-            response = client.post(
-                f"{queue}/pull", json={"max_messages": 10, "wait_ms": 500, "ack_deadline_ms": 5000}
-            )
-            assert response.status_code == 200, response.text
-            for message in response.json()["messages"]:
-                pulled.setdefault(message["value"], message["receipt"])
-        assert sorted(pulled) == list(range(40))
+        pulled = pull_all(client, queue, 40, ack_deadline_ms=5000)
 
         for receipt in pulled.values():  # one connection each: acks land on either worker
             acked = client.post(f"{queue}/ack", json={"receipts": [receipt]})
