@@ -101,7 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     _install_error_handlers(app)
     _install_docs(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, respond=gateway_error_response
+    )
     app.add_middleware(_RequestMetrics, metrics=metrics)
     return app
 
@@ -175,7 +177,7 @@ class _RequestMetrics:
 
     @staticmethod
     async def _on_crash(_: Request, exc: Exception) -> Response:
-        if isinstance(exc, GatewayError):  # raised outside a route, e.g. by BodySizeLimit
+        if isinstance(exc, GatewayError):  # raised outside a route (the server still logs it)
             return gateway_error_response(exc)
         log.exception("unhandled error")
         problem = problem_for(GatewayError(""))

@@ -90,6 +90,20 @@ class BrokerError(GatewayError):
     """Pulsar answered with an error the gateway has no better name for."""
 
 
+class Conflict(BrokerError):
+    """Pulsar's admin API answered 409: the resource exists already (or is in use)."""
+
+
+class CredentialsRefused(BrokerError):
+    """Pulsar's admin API answered 401 or 403: the gateway's token is missing, invalid, or
+    its role may not do this. Retrying will not help; the operator has to fix the token."""
+
+
+class InvalidReceipt(InvalidRequest):
+    """A receipt that is not base64url, malformed, forged, edited, or another
+    subscription's. Reported per receipt (`invalid_receipt`), never as the response."""
+
+
 class ApplyFailed(BrokerError):
     """A step of an apply failed; the steps before it took effect, the rest did not run."""
 

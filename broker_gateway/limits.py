@@ -3,21 +3,31 @@
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker_gateway.errors import PayloadTooLarge, RateLimited
+from broker_gateway.errors import GatewayError, PayloadTooLarge, RateLimited
 from broker_gateway.settings import Settings
 
 
 class BodySizeLimit:
-    """413 for a body over `max_bytes`: at once from Content-Length, else while it streams."""
+    """413 for a body over `max_bytes`: at once from Content-Length, else while it streams.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    A Content-Length over the limit is answered here, with `respond`: an error raised out of
+    a middleware reaches the server, which logs bad input as a crash. A body that grows past
+    the limit raises PayloadTooLarge from `receive`, inside the route that reads it, where
+    the app's error handlers answer it.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, respond: Callable[[GatewayError], Response]
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.respond = respond
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -25,7 +35,8 @@ class BodySizeLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                raise self._too_large()
+                await self.respond(self._too_large())(scope, receive, send)
+                return
         received = 0
 
         async def limited_receive() -> Message:

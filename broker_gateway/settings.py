@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # A replica closes its consumers on a subscription unused this long (nothing leased).
     # Pulsar keeps delivery counts while a subscription has a consumer on some replica.
     queue_consumer_idle_timeout_s: float = Field(default=300.0, gt=0)
+    # A subscription's configuration, changed by HTTP, a manifest or Pulsar's own admin,
+    # reaches every replica's consumers within this long (a PUT through a replica: at once).
+    queue_config_refresh_s: float = Field(default=5.0, gt=0)
     # Replicas forward acks, nacks and extensions to the one holding the lease over this topic.
     control_topic: str = "persistent://public/default/broker-gateway-control"
 

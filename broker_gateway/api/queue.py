@@ -1,6 +1,5 @@
 """Work-queue subscriptions: configure, pull, ack, nack, extend, seek, redrive."""
 
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
@@ -12,8 +11,7 @@ from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
 from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import parse_start
 from broker_gateway.pulsar.messages import render
-from broker_gateway.pulsar.queues import Outcome
-from broker_gateway.pulsar.subscriptions import SubscriptionSpec
+from broker_gateway.pulsar.queues import ReceiptCode, Settled, SubscriptionConfig
 
 router = APIRouter(responses=TOPIC_PROBLEMS, tags=["work queues"])
 
@@ -58,12 +56,18 @@ class ExtendRequest(AckRequest):
     ack_deadline_ms: int = Field(ge=100, le=12 * 3600 * 1000, description="From now")
 
 
+class FailedReceipt(BaseModel):
+    receipt: str
+    code: ReceiptCode = Field(
+        description="`invalid_receipt` (forged, edited, another subscription's), "
+        "`lease_expired` (its deadline passed or it was nacked: it is redelivered), or "
+        "`broker_unavailable` / `broker_timeout` / `broker_error` (retry)"
+    )
+
+
 class SettleResponse(BaseModel):
     succeeded: int
-    failed: list[dict[str, str]] = Field(
-        description="`invalid_receipt` (forged, edited, another subscription's) or "
-        "`lease_expired` (its deadline passed or it was nacked: it is redelivered)"
-    )
+    failed: list[FailedReceipt]
 
 
 class SeekRequest(BaseModel):
@@ -76,8 +80,9 @@ class RedriveRequest(BaseModel):
     max_messages: int = Field(default=1000, ge=1, le=100_000)
 
 
-def _settled(outcome: Outcome) -> JSON:
-    return JSON({"succeeded": outcome.succeeded, "failed": outcome.failed})
+def _settled(settled: Settled) -> JSON:
+    failed = [{"receipt": receipt, "code": code.value} for receipt, code in settled.failed]
+    return JSON({"succeeded": settled.succeeded, "failed": failed})
 
 
 @router.put(
@@ -87,14 +92,14 @@ def _settled(outcome: Outcome) -> JSON:
     responses={201: {"description": "Created"}},
 )
 async def configure(
-    body: SubscriptionSpec, topic: ConsumeTopic, subscription: Subscription, app: App
+    body: SubscriptionConfig, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> JSON:
-    """Idempotent: 201 with the configuration when created, 200 when it existed."""
-    config = body.config(topic)
-    created = await app.pulsar.on_topic(
-        topic, lambda: app.pulsar.queues.configure(topic, subscription, config)
-    )
-    return JSON(asdict(config), status_code=201 if created else 200)
+    """Idempotent: 201 with the configuration when created, 200 when it existed. Every
+    replica works with the new configuration at once; one that cannot be told takes it up
+    within GATEWAY_QUEUE_CONFIG_REFRESH_S, as after a manifest apply."""
+    body.check_for(topic)
+    created = await app.pulsar.queues.configure(topic, subscription, body)
+    return JSON(body.model_dump(mode="json"), status_code=201 if created else 200)
 
 
 @router.get(BASE, summary="Subscription configuration and stats")
@@ -103,17 +108,15 @@ async def describe(topic: ConsumeTopic, subscription: Subscription, app: App) ->
     messages counts once), `unacked` (dispatched to the gateway, not acked),
     `oldest_unacked_age_ms`, `dead_letter_backlog` and `consumers` (gateway consumers
     attached)."""
-    described = await app.pulsar.on_topic(
-        topic, lambda: app.pulsar.queues.describe(topic, subscription)
-    )
-    config = asdict(described.pop("config"))
+    described = await app.pulsar.queues.describe(topic, subscription)
+    config = described.pop("config").model_dump(mode="json")
     return JSON({**config, **described})
 
 
 @router.delete(BASE, summary="Delete a subscription", status_code=204)
 async def delete(topic: ConsumeTopic, subscription: Subscription, app: App) -> Response:
     """Removes the subscription and its position; its dead-letter topic stays."""
-    await app.pulsar.on_topic(topic, lambda: app.pulsar.queues.delete(topic, subscription))
+    await app.pulsar.queues.delete(topic, subscription)
     return Response(status_code=204)
 
 
@@ -131,15 +134,12 @@ async def pull(
     """
     if body.max_messages > app.settings.max_pull_messages:
         raise InvalidRequest(f"max_messages is at most {app.settings.max_pull_messages}")
-    pulled = await app.pulsar.on_topic(
+    pulled = await app.pulsar.queues.pull(
         topic,
-        lambda: app.pulsar.queues.pull(
-            topic,
-            subscription,
-            max_messages=body.max_messages,
-            wait_s=min(body.wait_ms, app.settings.max_wait_ms) / 1000,
-            ack_deadline_ms=body.ack_deadline_ms,
-        ),
+        subscription,
+        max_messages=body.max_messages,
+        wait_s=min(body.wait_ms, app.settings.max_wait_ms) / 1000,
+        ack_deadline_ms=body.ack_deadline_ms,
     )
     app.metrics.read.inc(len(pulled))
     messages: list[dict[str, Any]] = []
@@ -154,10 +154,7 @@ async def pull(
 @router.post(f"{BASE}/ack", summary="Acknowledge", responses={200: {"model": SettleResponse}})
 async def ack(body: AckRequest, topic: ConsumeTopic, subscription: Subscription, app: App) -> JSON:
     """Done with these messages; works on any replica. Acking twice is harmless."""
-    outcome = await app.pulsar.on_topic(
-        topic, lambda: app.pulsar.queues.ack(topic, subscription, body.receipts)
-    )
-    return _settled(outcome)
+    return _settled(await app.pulsar.queues.ack(topic, subscription, body.receipts))
 
 
 @router.post(
@@ -167,10 +164,8 @@ async def nack(
     body: NackRequest, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> JSON:
     """Deliver these again after `delay_ms`; works on any replica."""
-    outcome = await app.pulsar.on_topic(
-        topic, lambda: app.pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
-    )
-    return _settled(outcome)
+    settled = await app.pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
+    return _settled(settled)
 
 
 @router.post(
@@ -180,11 +175,10 @@ async def extend(
     body: ExtendRequest, topic: ConsumeTopic, subscription: Subscription, app: App
 ) -> JSON:
     """Keep these leased for `ack_deadline_ms` more from now; works on any replica."""
-    outcome = await app.pulsar.on_topic(
-        topic,
-        lambda: app.pulsar.queues.extend(topic, subscription, body.receipts, body.ack_deadline_ms),
+    settled = await app.pulsar.queues.extend(
+        topic, subscription, body.receipts, body.ack_deadline_ms
     )
-    return _settled(outcome)
+    return _settled(settled)
 
 
 @router.post(f"{BASE}/seek", summary="Seek the subscription", status_code=204)
@@ -194,7 +188,7 @@ async def seek(
     """Replay from a position (or skip to `latest`). Outstanding leases are void: their
     messages are delivered again if the new position is before them."""
     start = parse_start(body.position, topic)
-    await app.pulsar.on_topic(topic, lambda: app.pulsar.queues.seek(topic, subscription, start))
+    await app.pulsar.queues.seek(topic, subscription, start)
     return Response(status_code=204)
 
 
@@ -206,7 +200,5 @@ async def redrive(
 
     Other subscriptions of the topic skip redriven messages; readers of the topic see them.
     """
-    moved = await app.pulsar.on_topic(
-        topic, lambda: app.pulsar.queues.redrive(topic, subscription, body.max_messages)
-    )
+    moved = await app.pulsar.queues.redrive(topic, subscription, body.max_messages)
     return JSON({"moved": moved})

@@ -10,12 +10,12 @@ from typing import Any, Final
 
 from pydantic import SecretStr
 
-from broker_gateway.errors import BrokerError, NotFound
+from broker_gateway.errors import BrokerError, Conflict, NotFound
 from broker_gateway.manifests.model import BacklogQuota, Retention, Schema
 from broker_gateway.manifests.units import INFINITE
-from broker_gateway.pulsar.admin import Conflict, PulsarAdmin, reason
+from broker_gateway.pulsar.admin import PulsarAdmin, reason
 from broker_gateway.pulsar.codecs import TopicName
-from broker_gateway.pulsar.subscriptions import SubscriptionConfig
+from broker_gateway.pulsar.queues import SubscriptionConfig, configure
 
 Fields = dict[str, Any]
 
@@ -287,39 +287,15 @@ class ManifestAdmin:
             if not sub.get("isDurable", True) or name.startswith("pulsar.repl."):
                 continue
             config = SubscriptionConfig.from_properties(sub.get("subscriptionProperties") or {})
-            found[name] = subscription_fields(config)
+            found[name] = config.fields()
         return found
 
-    async def put_subscription(self, key: str, fields: Mapping[str, Any], *, create: bool) -> None:
+    async def put_subscription(self, key: str, fields: Mapping[str, Any]) -> None:
+        """Create or update: the same code as `PUT .../subscriptions/{name}`, dead-letter
+        topic and replicas' refresh included."""
         topic_path, name = key.rsplit("/", 1)
         topic = TopicName.parse(*topic_path.split("/"))
-        config = SubscriptionConfig(
-            type=fields["type"],
-            initial_position=fields.get("initial_position") or "latest",
-            ack_deadline_ms=fields["ack_deadline_ms"],
-            max_deliveries=fields["max_deliveries"],
-            dead_letter_topic=fields["dead_letter_topic"],
-            retry_backoff_ms=fields["retry_backoff_ms"],
-        )
-        if create:
-            try:
-                await self._admin.create_subscription(
-                    topic,
-                    name,
-                    earliest=config.initial_position == "earliest",
-                    properties=config.to_properties(),
-                )
-                return
-            except Conflict:
-                pass  # created meanwhile: set its configuration below
-        others = {
-            k: v
-            for k, v in (await self._admin.subscription_properties(topic, name)).items()
-            if k not in config.to_properties() and not k.startswith("broker-gateway.")
-        }
-        await self._admin.set_subscription_properties(
-            topic, name, {**others, **config.to_properties()}
-        )
+        await configure(self._admin, topic, name, SubscriptionConfig.model_validate(fields))
 
     async def delete_subscription(self, key: str) -> None:
         topic_path, name = key.rsplit("/", 1)
@@ -330,16 +306,6 @@ class ManifestAdmin:
             await self._call("DELETE", path)
         else:
             await self._call("POST", path, json=body)
-
-
-def subscription_fields(config: SubscriptionConfig) -> Fields:
-    return {
-        "type": config.type,
-        "ack_deadline_ms": config.ack_deadline_ms,
-        "max_deliveries": config.max_deliveries,
-        "dead_letter_topic": config.dead_letter_topic,
-        "retry_backoff_ms": tuple(config.retry_backoff_ms),
-    }
 
 
 def _retention(data: dict[str, Any] | None) -> Retention | None:

@@ -70,7 +70,6 @@ async def apply_plan(plan: Plan, admins: Mapping[str, ManifestAdmin]) -> list[di
 async def _execute(admin: ManifestAdmin, change: Change) -> None:
     ref, fields = change.ref, change.desired
     create = change.action == "create"
-    changed = {f.field for f in change.fields}
     if change.action == "delete":
         await _delete(admin, change)
     elif ref.kind == "Cluster":
@@ -78,21 +77,34 @@ async def _execute(admin: ManifestAdmin, change: Change) -> None:
     elif ref.kind == "Tenant":
         await admin.put_tenant(ref.name, fields, create=create)
     elif ref.kind == "Namespace":
-        if create:
-            await admin.create_namespace(ref.name)
-        for name in _NAMESPACE_FIELDS:
-            if name in changed or (create and name == "replication"):
-                await admin.set_namespace_field(ref.name, name, fields[name])
+        await _put_namespace(admin, change)
     elif ref.kind == "Topic":
-        if create:
-            await admin.create_topic(ref.name, fields["partitions"])
-        elif "partitions" in changed:
-            await admin.set_topic_field(ref.name, "partitions", fields["partitions"])
-        for name in _TOPIC_FIELDS:
-            if name in changed:
-                await admin.set_topic_field(ref.name, name, fields[name])
+        await _put_topic(admin, change)
     elif ref.kind == "Subscription":
-        await admin.put_subscription(ref.name, fields, create=create)
+        await admin.put_subscription(ref.name, fields)
+
+
+async def _put_namespace(admin: ManifestAdmin, change: Change) -> None:
+    name, fields = change.ref.name, change.desired
+    create = change.action == "create"
+    changed = {f.field for f in change.fields}
+    if create:
+        await admin.create_namespace(name)
+    for field in _NAMESPACE_FIELDS:
+        if field in changed or (create and field == "replication"):
+            await admin.set_namespace_field(name, field, fields[field])
+
+
+async def _put_topic(admin: ManifestAdmin, change: Change) -> None:
+    name, fields = change.ref.name, change.desired
+    changed = {f.field for f in change.fields}
+    if change.action == "create":
+        await admin.create_topic(name, fields["partitions"])
+    elif "partitions" in changed:
+        await admin.set_topic_field(name, "partitions", fields["partitions"])
+    for field in _TOPIC_FIELDS:
+        if field in changed:
+            await admin.set_topic_field(name, field, fields[field])
 
 
 async def _delete(admin: ManifestAdmin, change: Change) -> None:

@@ -24,7 +24,7 @@ from broker_gateway.manifests.model import (
     dump,
 )
 from broker_gateway.manifests.planner import Ref
-from broker_gateway.pulsar.subscriptions import SubscriptionSpec
+from broker_gateway.pulsar.queues.config import SubscriptionConfig
 
 
 def documents_from_state(
@@ -86,7 +86,7 @@ def documents_from_state(
                     apiVersion=API_VERSION,
                     kind="Subscription",
                     metadata=SubscriptionMetadata(name=name, topic=topic_name),
-                    spec=SubscriptionSpec(**subscription),
+                    spec=SubscriptionConfig(**subscription),
                 )
             )
     return [dump(d) for d in documents]

@@ -24,7 +24,7 @@ from pydantic import (
 
 from broker_gateway.errors import InvalidManifest
 from broker_gateway.manifests.units import INFINITE, Duration, Size
-from broker_gateway.pulsar.subscriptions import SubscriptionSpec
+from broker_gateway.pulsar.queues.config import SubscriptionConfig
 
 API_VERSION: Final = "broker-gateway/v1"
 
@@ -212,7 +212,7 @@ class Topic(Document):
 class Subscription(Document):
     kind: Literal["Subscription"]
     metadata: SubscriptionMetadata
-    spec: SubscriptionSpec = SubscriptionSpec()
+    spec: SubscriptionConfig = SubscriptionConfig()
 
     @property
     def topic(self) -> str:
@@ -330,25 +330,38 @@ def _validation_problems(source: str, document: Any, exc: ValidationError) -> li
 
 
 def _semantic_problems(m: Manifests, clusters: set[str]) -> list[Problem]:
-    problems: list[Problem] = []
+    return [
+        *_tenant_problems(m, clusters),
+        *_namespace_problems(m),
+        *_topic_problems(m),
+        *_subscription_problems(m),
+    ]
 
-    def check_replication(what: str, replication: Clusters | None, allowed: Clusters) -> None:
-        if replication is None:
-            return
-        if not replication:
-            problems.append(Problem(what, "replication needs at least one cluster"))
-        if len(set(replication)) != len(replication):
-            problems.append(Problem(what, "replication lists a cluster twice"))
-        outside = sorted(set(replication) - set(allowed))
-        if outside:
-            problems.append(
-                Problem(
-                    what,
-                    f"replication to {', '.join(outside)}: not among the tenant's clusters "
-                    f"({', '.join(allowed)})",
-                )
+
+def _replication_problems(
+    what: str, replication: Clusters | None, allowed: Clusters
+) -> list[Problem]:
+    if replication is None:
+        return []
+    problems = []
+    if not replication:
+        problems.append(Problem(what, "replication needs at least one cluster"))
+    if len(set(replication)) != len(replication):
+        problems.append(Problem(what, "replication lists a cluster twice"))
+    outside = sorted(set(replication) - set(allowed))
+    if outside:
+        problems.append(
+            Problem(
+                what,
+                f"replication to {', '.join(outside)}: not among the tenant's clusters "
+                f"({', '.join(allowed)})",
             )
+        )
+    return problems
 
+
+def _tenant_problems(m: Manifests, clusters: set[str]) -> list[Problem]:
+    problems = []
     for name, tenant in m.tenants.items():
         what = f"Tenant {name}"
         unknown = sorted(set(tenant.spec.clusters) - clusters)
@@ -362,29 +375,43 @@ def _semantic_problems(m: Manifests, clusters: set[str]) -> list[Problem]:
             )
         if len(set(tenant.spec.clusters)) != len(tenant.spec.clusters):
             problems.append(Problem(what, "a cluster is listed twice"))
-        check_replication(what, tenant.spec.replication, tenant.spec.clusters)
+        problems += _replication_problems(what, tenant.spec.replication, tenant.spec.clusters)
+    return problems
 
+
+def _namespace_problems(m: Manifests) -> list[Problem]:
+    problems = []
     for name, namespace in m.namespaces.items():
         what = f"Namespace {name}"
         owner = m.tenants.get(namespace.tenant)
         if owner is None:
             problems.append(Problem(what, f"its tenant {namespace.tenant} is not declared"))
             continue
-        check_replication(what, namespace.spec.replication, owner.spec.clusters)
         spec = namespace.spec
+        problems += _replication_problems(what, spec.replication, owner.spec.clusters)
         if spec.backlog_quota and spec.retention and spec.retention.size != INFINITE:
             if spec.backlog_quota.size >= spec.retention.size:
                 problems.append(
                     Problem(what, "backlog_quota.size must be smaller than retention.size")
                 )
+    return problems
 
+
+def _topic_problems(m: Manifests) -> list[Problem]:
+    problems = []
     for name, topic in m.topics.items():
         what = f"Topic {name}"
         if topic.namespace not in m.namespaces:
             problems.append(Problem(what, f"its namespace {topic.namespace} is not declared"))
             continue
-        check_replication(what, topic.spec.replication, m.tenant_of(name).spec.clusters)
+        problems += _replication_problems(
+            what, topic.spec.replication, m.tenant_of(name).spec.clusters
+        )
+    return problems
 
+
+def _subscription_problems(m: Manifests) -> list[Problem]:
+    problems = []
     for key, subscription in m.subscriptions.items():
         what = f"Subscription {subscription.name} on {subscription.topic}"
         if subscription.topic not in m.topics:

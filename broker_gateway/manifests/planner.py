@@ -6,8 +6,9 @@ inherited; a field the desired side leaves out (a topic's schema, when no manife
 one) is not managed and never compared.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Final, Literal
 
 from broker_gateway.manifests.model import Manifests
@@ -112,13 +113,25 @@ def desired_state(
     """
     known = {c.name: c for c in clusters}
     state: dict[str, dict[Ref, Fields]] = {}
-
-    def put(cluster: str, ref: Ref, fields: Fields) -> None:
+    for cluster, ref, fields in chain(
+        _desired_tenants(manifests, known),
+        _desired_namespaces(manifests),
+        _desired_topics(manifests),
+        _desired_subscriptions(manifests),
+    ):
         state.setdefault(cluster, {})[ref] = fields
+    return state
 
+
+# One object desired on one cluster.
+_Desired = tuple[str, Ref, Fields]
+
+
+def _desired_tenants(manifests: Manifests, known: Mapping[str, Cluster]) -> Iterator[_Desired]:
+    """Each tenant on each of its clusters, and there every other one of them as a peer."""
     for tenant in manifests.tenants.values():
         for cluster in tenant.spec.clusters:
-            put(
+            yield (
                 cluster,
                 Ref("Tenant", tenant.name),
                 {
@@ -128,16 +141,19 @@ def desired_state(
             )
             for peer in tenant.spec.clusters:
                 if peer != cluster:
-                    put(
+                    yield (
                         cluster,
                         Ref("Cluster", peer),
                         {"service_url": known[peer].service_url, "admin_url": _url(known[peer])},
                     )
+
+
+def _desired_namespaces(manifests: Manifests) -> Iterator[_Desired]:
     for namespace in manifests.namespaces.values():
         spec = namespace.spec
         replication = manifests.namespace_replication(namespace.name)
         for cluster in manifests.tenant_of(namespace.name).spec.clusters:
-            put(
+            yield (
                 cluster,
                 Ref("Namespace", namespace.name),
                 {
@@ -151,6 +167,9 @@ def desired_state(
                     "delayed_delivery": spec.delayed_delivery,
                 },
             )
+
+
+def _desired_topics(manifests: Manifests) -> Iterator[_Desired]:
     for topic in manifests.topics.values():
         topic_spec = topic.spec
         fields: dict[str, Any] = {
@@ -165,23 +184,13 @@ def desired_state(
         if topic_spec.schema_ is not None:
             fields["schema"] = topic_spec.schema_
         for cluster in manifests.topic_clusters(topic.name):
-            put(cluster, Ref("Topic", topic.name), fields)
+            yield cluster, Ref("Topic", topic.name), fields
+
+
+def _desired_subscriptions(manifests: Manifests) -> Iterator[_Desired]:
     for key, subscription in manifests.subscriptions.items():
-        config = subscription.spec
         for cluster in manifests.topic_clusters(subscription.topic):
-            put(
-                cluster,
-                Ref("Subscription", key),
-                {
-                    "type": config.type,
-                    "initial_position": config.initial_position,
-                    "ack_deadline_ms": config.ack_deadline_ms,
-                    "max_deliveries": config.max_deliveries,
-                    "dead_letter_topic": config.dead_letter_topic,
-                    "retry_backoff_ms": tuple(config.retry_backoff_ms),
-                },
-            )
-    return state
+            yield cluster, Ref("Subscription", key), subscription.spec.model_dump()
 
 
 def plan(

@@ -22,49 +22,68 @@ async def read_state(
     With `only`, namespaces, topics and subscriptions no manifest in it declares are not
     read (a plan that does not prune has no use for them).
     """
-    limit = asyncio.Semaphore(_CONCURRENCY)
-    state: dict[Ref, Fields] = {}
+    return await _StateReader(admin, only).read(tenants)
 
-    async def limited(call: Callable[[], Awaitable[T]]) -> T:
-        async with limit:
+
+class _StateReader:
+    """One read of one cluster, namespaces and topics concurrently."""
+
+    def __init__(self, admin: ManifestAdmin, only: Manifests | None) -> None:
+        self._admin = admin
+        self._only = only
+        self._limit = asyncio.Semaphore(_CONCURRENCY)
+        self._state: dict[Ref, Fields] = {}
+
+    async def read(self, tenants: Iterable[str]) -> dict[Ref, Fields]:
+        for name, fields in (await self._admin.peers()).items():
+            self._state[Ref("Cluster", name)] = fields
+        for tenant in tenants:
+            await self._read_tenant(tenant)
+        return self._state
+
+    async def _limited(self, call: Callable[[], Awaitable[T]]) -> T:
+        async with self._limit:
             return await call()
 
-    def wanted(kind: str, name: str) -> bool:
-        if only is None:
+    def _wanted(self, kind: str, name: str) -> bool:
+        if self._only is None:
             return True
         declared: dict[str, Any] = {  # type: ignore[assignment]
-            "Namespace": only.namespaces,
-            "Topic": only.topics,
-            "Subscription": only.subscriptions,
+            "Namespace": self._only.namespaces,
+            "Topic": self._only.topics,
+            "Subscription": self._only.subscriptions,
         }[kind]
         return name in declared
 
-    async def read_topic(name: str, partitions: int) -> None:
-        with_schema = only is None or only.topics[name].spec.schema_ is not None
-        state[Ref("Topic", name)] = await limited(
-            lambda: admin.topic(name, partitions, with_schema=with_schema)
+    async def _read_tenant(self, tenant: str) -> None:
+        found = await self._admin.tenant(tenant)
+        if found is None:
+            return
+        self._state[Ref("Tenant", tenant)] = found
+        namespaces = await self._admin.namespaces(tenant)
+        await asyncio.gather(
+            *(self._read_namespace(n) for n in namespaces if self._wanted("Namespace", n))
         )
-        subscriptions = await limited(lambda: admin.subscriptions(name, partitions))
-        for subscription, fields in subscriptions.items():
-            key = f"{name}/{subscription}"
-            if wanted("Subscription", key):
-                state[Ref("Subscription", key)] = fields
 
-    async def read_namespace(name: str) -> None:
-        fields = await limited(lambda: admin.namespace(name))
+    async def _read_namespace(self, name: str) -> None:
+        admin = self._admin
+        fields = await self._limited(lambda: admin.namespace(name))
         if fields is None:
             return
-        state[Ref("Namespace", name)] = fields
-        topics = await limited(lambda: admin.topics(name))
-        await asyncio.gather(*(read_topic(t, p) for t, p in topics.items() if wanted("Topic", t)))
+        self._state[Ref("Namespace", name)] = fields
+        topics = await self._limited(lambda: admin.topics(name))
+        await asyncio.gather(
+            *(self._read_topic(t, p) for t, p in topics.items() if self._wanted("Topic", t))
+        )
 
-    for name, fields in (await admin.peers()).items():
-        state[Ref("Cluster", name)] = fields
-    for tenant in tenants:
-        found = await admin.tenant(tenant)
-        if found is None:
-            continue
-        state[Ref("Tenant", tenant)] = found
-        namespaces = await admin.namespaces(tenant)
-        await asyncio.gather(*(read_namespace(n) for n in namespaces if wanted("Namespace", n)))
-    return state
+    async def _read_topic(self, name: str, partitions: int) -> None:
+        admin = self._admin
+        with_schema = self._only is None or self._only.topics[name].spec.schema_ is not None
+        self._state[Ref("Topic", name)] = await self._limited(
+            lambda: admin.topic(name, partitions, with_schema=with_schema)
+        )
+        subscriptions = await self._limited(lambda: admin.subscriptions(name, partitions))
+        for subscription, fields in subscriptions.items():
+            key = f"{name}/{subscription}"
+            if self._wanted("Subscription", key):
+                self._state[Ref("Subscription", key)] = fields

@@ -9,6 +9,8 @@ from broker_gateway.errors import (
     BrokerError,
     BrokerTimeout,
     BrokerUnavailable,
+    Conflict,
+    CredentialsRefused,
     NamespaceNotFound,
     NotFound,
     TenantNotFound,
@@ -18,15 +20,6 @@ from broker_gateway.pulsar.codecs import Position, TopicName
 from broker_gateway.settings import Cluster
 
 log = logging.getLogger(__name__)
-
-
-class Conflict(BrokerError):
-    """The admin API answered 409: the resource exists already (or is in use)."""
-
-
-class CredentialsRefused(BrokerError):
-    """The admin API answered 401 or 403: the gateway's token is missing, invalid, or its
-    role may not do this. Retrying will not help; the operator has to fix the token."""
 
 
 class PulsarAdmin:

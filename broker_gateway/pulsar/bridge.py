@@ -104,6 +104,29 @@ async def read_next(reader: pulsar.asyncio.Reader) -> Any:
     return await future
 
 
+def receive_async(consumer: pulsar.asyncio.Consumer, future: "asyncio.Future[Any]") -> None:
+    """Ask for the consumer's next _pulsar.Message, settled on `future`."""
+    consumer._consumer.receive_async(callback_for(future))
+
+
+def acknowledge_async(
+    consumer: pulsar.asyncio.Consumer, target: Any, callback: Callable[[Any, Any], None]
+) -> None:
+    """Acknowledge a _pulsar.Message or a MessageId; `callback(result, None)` follows."""
+    consumer._consumer.acknowledge_async(target, callback)
+
+
+def negative_acknowledge(consumer: pulsar.asyncio.Consumer, message: Any) -> None:
+    """Pulsar delivers the message again (to any consumer) and counts the delivery."""
+    consumer._consumer.negative_acknowledge(message)
+
+
+def send_async_of(producer: pulsar.asyncio.Producer) -> Callable[[Any, Any], None]:
+    """The producer's own send_async(message, callback), bound once: the hot path."""
+    send: Callable[[Any, Any], None] = producer._producer.send_async
+    return send
+
+
 async def receive(consumer: pulsar.asyncio.Consumer, timeout_s: float) -> Any:
     """The consumer's next _pulsar.Message, or None after `timeout_s`.
 

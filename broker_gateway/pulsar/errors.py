@@ -67,5 +67,9 @@ def translate(exc: BaseException, retry_after_s: int) -> GatewayError:
     return cls(f"Pulsar: {name}", retry_after_s=retry)
 
 
+# What pulsar-client raises: its asyncio API, and its plain (and C++) one.
+PULSAR_ERRORS: Final = (pulsar.asyncio.PulsarException, pulsar.PulsarException)
+
+
 def is_pulsar_error(exc: BaseException) -> bool:
-    return isinstance(exc, pulsar.asyncio.PulsarException | pulsar.PulsarException)
+    return isinstance(exc, PULSAR_ERRORS)

@@ -109,7 +109,7 @@ class ProducerCache:
             return
         try:
             await entry.producer.close()
-        except Exception as exc:  # closing is best effort: the broker drops it anyway
+        except pulsar.asyncio.PulsarException as exc:  # best effort: the broker drops it anyway
             log.warning("closing producer for %s failed: %s", key, exc)
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 import _pulsar
 
 from broker_gateway.errors import BrokerTimeout, BrokerUnavailable, GatewayError
-from broker_gateway.pulsar.bridge import Gathering, error_of
+from broker_gateway.pulsar.bridge import Gathering, error_of, send_async_of
 from broker_gateway.pulsar.codecs import Position, TopicName
 from broker_gateway.pulsar.errors import translate
 from broker_gateway.pulsar.messages import OutgoingMessage, position_of
@@ -62,7 +62,7 @@ async def publish(
     except Exception as exc:
         raise _unavailable(translate(exc, retry_after_s), retry_after_s) from exc
     sends = Gathering(len(messages))
-    send_async = entry.producer._producer.send_async
+    send_async = send_async_of(entry.producer)
     try:
         for index, message in enumerate(messages):
             send_async(_build(message), sends.callback(index))

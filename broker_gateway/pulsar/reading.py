@@ -80,7 +80,7 @@ class _PartitionReader:
             self._pending.cancel()
         try:
             await asyncio.shield(self.reader.close())
-        except Exception as exc:
+        except pulsar.asyncio.PulsarException as exc:
             log.warning("closing reader on %s failed: %s", self.reader.topic(), exc)
 
 

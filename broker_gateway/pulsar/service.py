@@ -17,9 +17,8 @@ from broker_gateway.pulsar.errors import is_pulsar_error, translate
 from broker_gateway.pulsar.idempotency import IdempotencyStore
 from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.producers import ProducerCache
-from broker_gateway.pulsar.queues import QueueService
+from broker_gateway.pulsar.queues import QueueService, ReceiptSigner
 from broker_gateway.pulsar.reading import Delivery, TopicReader
-from broker_gateway.pulsar.receipts import ReceiptSigner
 from broker_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,7 @@ class PulsarService:
             settings.control_topic,
             idle_timeout_s=settings.queue_consumer_idle_timeout_s,
             handoff_s=settings.queue_handoff_s,
+            config_refresh_s=settings.queue_config_refresh_s,
             retry_after_s=self._retry_after_s,
         )
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.deploy.conftest import ROOT, compose_command, docker
-from tests.integration.conftest import _free_port, bearer, token
+from tests.deploy.conftest import compose_command, docker
+from tests.integration.conftest import ROOT, _free_port, bearer, token
 
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 SECRET = "compose-tests-hs256-secret-of-32-or-more-characters"
@@ -53,7 +53,8 @@ def compose(project: str, env: dict[str, str], *args: str, timeout: float = 300)
 
 def healthy(container: str) -> bool:
     state = json.loads(docker("inspect", "--format", "{{json .State}}", container))
-    return state.get("Health", {}).get("Status") == "healthy"
+    status: str | None = state.get("Health", {}).get("Status")
+    return status == "healthy"
 
 
 @pytest.fixture(scope="module")

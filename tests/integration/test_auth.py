@@ -148,7 +148,7 @@ def _alg_none(tenant: str) -> str:
     def b64(data: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
-    claims = {"sub": "mallory", "tenants": [tenant], "scopes": list(ALL_SCOPES)}
+    claims: dict[str, Any] = {"sub": "mallory", "tenants": [tenant], "scopes": list(ALL_SCOPES)}
     claims |= {"aud": "broker-gateway", "exp": 4102444800}
     return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
 

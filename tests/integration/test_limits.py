@@ -3,6 +3,7 @@
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -65,6 +66,33 @@ def test_a_body_over_the_limit_is_413(limited: Gateway) -> None:
             f"/v1/topics/{tenant}/ns/t/messages", json={"messages": [{"value": "x" * 5000}]}
         )
     assert_problem(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_over_the_limit_is_413_and_logs_no_traceback(
+    pulsar_cluster: PulsarCluster, tmp_path: Path, framing: str
+) -> None:
+    log = tmp_path / "gateway.log"
+    gateway = start_gateway(pulsar_cluster, log=log, max_body_bytes="2048")
+    try:
+        with gateway.client() as client:
+            tenant = fresh_tenant(client)
+            body = b'{"messages": [{"value": "' + b"x" * 3072 + b'"}]}'
+            # An iterator has no length: httpx sends it with Transfer-Encoding: chunked.
+            content = body if framing == "content-length" else iter([body[:1024], body[1024:]])
+            response = client.post(
+                f"/v1/topics/{tenant}/ns/t/messages",
+                content=content,
+                headers={"content-type": "application/json"},
+            )
+        sent = response.request.headers
+        assert ("content-length" in sent) == (framing == "content-length"), sent
+        assert_problem(response, 413, "payload_too_large")
+    finally:
+        stop_gateway(gateway)  # its log is complete once it has exited
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert "Exception in ASGI application" not in output, output
 
 
 def test_too_many_messages_in_one_publish_is_413(limited: Gateway) -> None:

@@ -13,7 +13,8 @@ import httpx
 import pulsar
 import pytest
 
-from broker_gateway.pulsar.admin import CredentialsRefused, PulsarAdmin
+from broker_gateway.errors import CredentialsRefused
+from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.settings import Cluster
 from tests.integration.conftest import (
     PULSAR_GATEWAY_ROLE,

@@ -11,6 +11,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import SecretStr
 
 from broker_gateway.auth import Authenticator, Principal, mint
 from broker_gateway.errors import Forbidden, Unauthenticated
@@ -23,7 +24,7 @@ AUDIENCE = "broker-gateway"
 
 @pytest.fixture
 def hs256() -> Authenticator:
-    return Authenticator(Settings(auth_hs256_secret=SECRET))
+    return Authenticator(Settings(auth_hs256_secret=SecretStr(SECRET)))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,9 @@ def test_expiry_and_nbf_within_the_leeway_are_tolerated(hs256: Authenticator) ->
 
 
 def test_issuer_is_checked_when_configured() -> None:
-    authenticator = Authenticator(Settings(auth_hs256_secret=SECRET, auth_issuer="https://idp"))
+    authenticator = Authenticator(
+        Settings(auth_hs256_secret=SecretStr(SECRET), auth_issuer="https://idp")
+    )
     good = jwt.encode(_claims(iss="https://idp"), SECRET, algorithm="HS256")
     bad = jwt.encode(_claims(iss="https://evil"), SECRET, algorithm="HS256")
     assert authenticator.authenticate(f"Bearer {good}").name == "alice"
@@ -280,7 +283,9 @@ def test_hs256_token_keyed_with_the_public_key_is_rejected(
     # The classic key-confusion attack: HMAC keyed with the (public) PEM of an RSA key.
     path = tmp_path / "keys.pem"
     path.write_text(_pem(rsa_key))
-    authenticator = Authenticator(Settings(auth_hs256_secret=SECRET, auth_public_keys_file=path))
+    authenticator = Authenticator(
+        Settings(auth_hs256_secret=SecretStr(SECRET), auth_public_keys_file=path)
+    )
     signing_input = (
         _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
         + "."

@@ -4,13 +4,16 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import HttpUrl, SecretStr
 
 from broker_gateway.app import create_app
 from broker_gateway.auth import mint
-from broker_gateway.settings import Settings
+from broker_gateway.settings import Cluster, Settings
 
 # Port 9 (discard) is closed on loopback: a cluster that is down.
-DOWN = {"name": "down", "service_url": "pulsar://127.0.0.1:9", "admin_url": "http://127.0.0.1:9"}
+DOWN = Cluster(
+    name="down", service_url="pulsar://127.0.0.1:9", admin_url=HttpUrl("http://127.0.0.1:9")
+)
 TOPIC_URL = "/v1/topics/acme/orders/created/messages"
 
 
@@ -32,7 +35,7 @@ def client() -> Iterator[TestClient]:
         max_body_bytes=2048,
         max_messages_per_request=3,
         pulsar_operation_timeout_s=2,
-        auth_hs256_secret=SECRET,
+        auth_hs256_secret=SecretStr(SECRET),
     )
     with TestClient(
         create_app(settings),

@@ -1,7 +1,7 @@
 import pytest
-from pydantic import ValidationError
+from pydantic import HttpUrl, ValidationError
 
-from broker_gateway.settings import Settings
+from broker_gateway.settings import Cluster, Settings
 
 
 def test_defaults_point_at_the_local_pulsar(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,9 +30,7 @@ def test_environment_overrides_with_gateway_prefix(monkeypatch: pytest.MonkeyPat
 
 def test_a_cluster_needs_a_pulsar_service_url() -> None:
     with pytest.raises(ValidationError):
-        Settings(
-            clusters=[{"name": "x", "service_url": "http://x:6650", "admin_url": "http://x:8080"}]
-        )
+        Cluster(name="x", service_url="http://x:6650", admin_url=HttpUrl("http://x:8080"))
 
 
 def test_settings_are_not_created_at_import_time() -> None:

@@ -2,6 +2,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from pydantic import HttpUrl
 
 from broker_gateway.manifests.model import Retention, Schema, build
 from broker_gateway.manifests.planner import (
@@ -17,10 +18,10 @@ from broker_gateway.manifests.render import plan_json, plan_text
 from broker_gateway.settings import Cluster
 
 EAST = Cluster(
-    name="east", service_url="pulsar://127.0.0.1:6650", admin_url="http://127.0.0.1:8080"
+    name="east", service_url="pulsar://127.0.0.1:6650", admin_url=HttpUrl("http://127.0.0.1:8080")
 )
 WEST = Cluster(
-    name="west", service_url="pulsar://127.0.0.1:6660", admin_url="http://127.0.0.1:8081/"
+    name="west", service_url="pulsar://127.0.0.1:6660", admin_url=HttpUrl("http://127.0.0.1:8081/")
 )
 CLUSTERS = [EAST, WEST]
 

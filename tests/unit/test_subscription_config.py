@@ -1,7 +1,8 @@
 import pytest
 
+from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import TopicName
-from broker_gateway.pulsar.subscriptions import SubscriptionConfig
+from broker_gateway.pulsar.queues.config import SubscriptionConfig
 
 TOPIC = TopicName("acme", "orders", "created")
 
@@ -38,3 +39,22 @@ def test_dead_letter_topic_defaults_to_topic_subscription_dlq() -> None:
 def test_backoff_doubles_per_delivery_within_its_bounds() -> None:
     config = SubscriptionConfig(retry_backoff_ms=(1000, 5000))
     assert [config.backoff_ms(n) for n in range(1, 6)] == [1000, 2000, 4000, 5000, 5000]
+
+
+def test_a_plan_compares_everything_but_where_a_new_subscription_starts() -> None:
+    config = SubscriptionConfig(initial_position="earliest", max_deliveries=3)
+    assert config.fields() == {
+        "type": "shared",
+        "ack_deadline_ms": 30_000,
+        "max_deliveries": 3,
+        "dead_letter_topic": None,
+        "retry_backoff_ms": (1000, 60_000),
+    }
+    # What a plan read from a live subscription is a valid configuration again.
+    assert SubscriptionConfig.model_validate(config.fields()).max_deliveries == 3
+
+
+def test_a_dead_letter_topic_in_another_tenant_is_refused() -> None:
+    SubscriptionConfig(dead_letter_topic="acme/ops/dead").check_for(TOPIC)
+    with pytest.raises(InvalidRequest, match="topic's tenant"):
+        SubscriptionConfig(dead_letter_topic="other/ops/dead").check_for(TOPIC)

@@ -12,15 +12,12 @@ import hmac
 from dataclasses import dataclass
 from typing import Final
 
+from broker_gateway.errors import InvalidReceipt
 from broker_gateway.pulsar.codecs import TopicName
 
 _VERSION: Final = 2  # 1 was signed with HMAC-SHA256
 _REPLICA_BYTES: Final = 8
 _MAC_BYTES: Final = 16
-
-
-class InvalidReceipt(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

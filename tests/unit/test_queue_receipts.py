@@ -1,7 +1,8 @@
 import pytest
 
+from broker_gateway.errors import InvalidReceipt
 from broker_gateway.pulsar.codecs import TopicName
-from broker_gateway.pulsar.receipts import InvalidReceipt, Receipt, ReceiptSigner
+from broker_gateway.pulsar.queues.receipts import Receipt, ReceiptSigner
 
 TOPIC = TopicName("acme", "orders", "created")
 RECEIPT = Receipt(replica=b"\x01" * 8, message_id=b"\x08\x10\x10\x20\x18\xff\x01")
