@@ -1,8 +1,9 @@
 """create_app(settings): routes, error handlers, and a lifespan that owns Pulsar."""
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -26,7 +27,7 @@ from broker_gateway.errors import (
     HTTP_STATUS_CODES,
     GatewayError,
     InvalidRequest,
-    Problem,
+    ProblemType,
     Unauthenticated,
     problem_body,
     problem_for,
@@ -99,34 +100,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manifests.router,
     ):
         app.include_router(router)
-    _install_error_handlers(app)
-    _install_docs(app)
-    app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_body_bytes, respond=gateway_error_response
+    respond = functools.partial(
+        gateway_error_response, broker_retry_after_s=settings.broker_retry_after_s
     )
-    app.add_middleware(_RequestMetrics, metrics=metrics)
+    _install_error_handlers(app, respond)
+    _install_docs(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, respond=respond)
+    app.add_middleware(_RequestMetrics, metrics=metrics, respond=respond)
     return app
 
 
 def _problem(
-    problem: Problem, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    problem: ProblemType, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> ProblemJSON:
     return ProblemJSON(
         problem_body(problem, detail, **extra), status_code=problem.status, headers=headers
     )
 
 
-def gateway_error_response(error: GatewayError) -> ProblemJSON:
-    headers = {} if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+def gateway_error_response(error: GatewayError, *, broker_retry_after_s: int) -> ProblemJSON:
+    """The problem+json answer to a gateway error, with Retry-After and WWW-Authenticate
+    where they belong: the one place they are added."""
+    retry_after_s = error.retry_after_s
+    if retry_after_s is None and error.retryable:
+        retry_after_s = broker_retry_after_s
+    headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="broker-gateway"'
     return _problem(problem_for(error), error.detail, headers, **error.extra)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, respond: Callable[[GatewayError], Response]) -> None:
     async def on_gateway_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        return gateway_error_response(exc)
+        return respond(exc)
 
     async def on_validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -144,7 +151,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             error = InvalidRequest(f"the body is not valid JSON: {exc.detail}")
             return _problem(problem_for(error), error.detail)
         code = HTTP_STATUS_CODES.get(exc.status_code, "http_error")
-        problem = Problem(exc.status_code, code, code.replace("_", " ").capitalize())
+        problem = ProblemType(exc.status_code, code, code.replace("_", " ").capitalize())
         return _problem(problem, str(exc.detail), dict(exc.headers or {}))
 
     app.add_exception_handler(GatewayError, on_gateway_error)
@@ -171,14 +178,16 @@ def _install_docs(app: FastAPI) -> None:
 class _RequestMetrics:
     """Counts and times every request by route template; turns a crash into a 500 problem."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, respond: Callable[[GatewayError], Response]
+    ) -> None:
         self.app = ServerErrorMiddleware(app, handler=self._on_crash)
         self.metrics = metrics
+        self.respond = respond
 
-    @staticmethod
-    async def _on_crash(_: Request, exc: Exception) -> Response:
+    async def _on_crash(self, _: Request, exc: Exception) -> Response:
         if isinstance(exc, GatewayError):  # raised outside a route (the server still logs it)
-            return gateway_error_response(exc)
+            return self.respond(exc)
         log.exception("unhandled error")
         problem = problem_for(GatewayError(""))
         return _problem(problem, "an unexpected error occurred; it has been logged")

@@ -139,11 +139,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
 @asynccontextmanager
 async def _engine(settings: Settings) -> AsyncIterator[ManifestEngine]:
     admins = {
-        c.name: PulsarAdmin(
-            c,
-            timeout_s=settings.pulsar_operation_timeout_s,
-            retry_after_s=settings.broker_retry_after_s,
-        )
+        c.name: PulsarAdmin(c, timeout_s=settings.pulsar_operation_timeout_s)
         for c in settings.clusters
     }
     try:

@@ -2,11 +2,17 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 class GatewayError(Exception):
-    """Root of every error the gateway reports to a client."""
+    """Root of every error the gateway reports to a client.
+
+    A `retryable` one is rendered with Retry-After: its own `retry_after_s` where it knows
+    better (a rate limit), else GATEWAY_BROKER_RETRY_AFTER_S.
+    """
+
+    retryable: ClassVar[bool] = False
 
     def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
@@ -81,9 +87,13 @@ class SubscriptionNotFound(NotFound):
 class BrokerUnavailable(GatewayError):
     """Pulsar cannot be reached or refuses work for now; the client may retry."""
 
+    retryable = True
+
 
 class BrokerTimeout(GatewayError):
     """Pulsar did not answer in time; the outcome of the operation is unknown."""
+
+    retryable = True
 
 
 class BrokerError(GatewayError):
@@ -113,7 +123,7 @@ class ApplyFailed(BrokerError):
 
 
 @dataclass(frozen=True)
-class Problem:
+class ProblemType:
     status: int
     code: str
     title: str
@@ -121,27 +131,27 @@ class Problem:
 
 # The one table. Lookup walks the exception's MRO, so a subclass without its own row
 # inherits its parent's.
-PROBLEMS: dict[type[GatewayError], Problem] = {
-    GatewayError: Problem(500, "internal_error", "Internal error"),
-    Unauthenticated: Problem(401, "unauthenticated", "Unauthenticated"),
-    Forbidden: Problem(403, "forbidden", "Forbidden"),
-    RateLimited: Problem(429, "rate_limited", "Too many requests"),
-    InvalidRequest: Problem(422, "invalid_request", "Invalid request"),
-    IdempotencyKeyReused: Problem(422, "idempotency_key_reused", "Idempotency-Key reused"),
-    InvalidManifest: Problem(422, "invalid_manifest", "Invalid manifest"),
-    DestructiveChangeRefused: Problem(
+PROBLEMS: dict[type[GatewayError], ProblemType] = {
+    GatewayError: ProblemType(500, "internal_error", "Internal error"),
+    Unauthenticated: ProblemType(401, "unauthenticated", "Unauthenticated"),
+    Forbidden: ProblemType(403, "forbidden", "Forbidden"),
+    RateLimited: ProblemType(429, "rate_limited", "Too many requests"),
+    InvalidRequest: ProblemType(422, "invalid_request", "Invalid request"),
+    IdempotencyKeyReused: ProblemType(422, "idempotency_key_reused", "Idempotency-Key reused"),
+    InvalidManifest: ProblemType(422, "invalid_manifest", "Invalid manifest"),
+    DestructiveChangeRefused: ProblemType(
         409, "destructive_change_refused", "Destructive change refused"
     ),
-    PayloadTooLarge: Problem(413, "payload_too_large", "Payload too large"),
-    NotFound: Problem(404, "not_found", "Not found"),
-    TenantNotFound: Problem(404, "tenant_not_found", "Tenant not found"),
-    NamespaceNotFound: Problem(404, "namespace_not_found", "Namespace not found"),
-    TopicNotFound: Problem(404, "topic_not_found", "Topic not found"),
-    SubscriptionNotFound: Problem(404, "subscription_not_found", "Subscription not found"),
-    BrokerUnavailable: Problem(503, "broker_unavailable", "Broker unavailable"),
-    BrokerTimeout: Problem(504, "broker_timeout", "Broker timeout"),
-    BrokerError: Problem(502, "broker_error", "Broker error"),
-    ApplyFailed: Problem(502, "apply_failed", "Apply failed"),
+    PayloadTooLarge: ProblemType(413, "payload_too_large", "Payload too large"),
+    NotFound: ProblemType(404, "not_found", "Not found"),
+    TenantNotFound: ProblemType(404, "tenant_not_found", "Tenant not found"),
+    NamespaceNotFound: ProblemType(404, "namespace_not_found", "Namespace not found"),
+    TopicNotFound: ProblemType(404, "topic_not_found", "Topic not found"),
+    SubscriptionNotFound: ProblemType(404, "subscription_not_found", "Subscription not found"),
+    BrokerUnavailable: ProblemType(503, "broker_unavailable", "Broker unavailable"),
+    BrokerTimeout: ProblemType(504, "broker_timeout", "Broker timeout"),
+    BrokerError: ProblemType(502, "broker_error", "Broker error"),
+    ApplyFailed: ProblemType(502, "apply_failed", "Apply failed"),
 }
 
 # Statuses raised by the framework itself (unknown route, wrong method, ...).
@@ -155,14 +165,14 @@ HTTP_STATUS_CODES: dict[int, str] = {
 }
 
 
-def problem_for(error: GatewayError) -> Problem:
+def problem_for(error: GatewayError) -> ProblemType:
     for cls in type(error).__mro__:
         if cls in PROBLEMS:
             return PROBLEMS[cls]
     raise AssertionError("GatewayError is in the table")  # pragma: no cover
 
 
-def problem_body(problem: Problem, detail: str, **extra: Any) -> dict[str, Any]:
+def problem_body(problem: ProblemType, detail: str, **extra: Any) -> dict[str, Any]:
     return {
         "type": f"urn:broker-gateway:problem:{problem.code}",
         "title": problem.title,

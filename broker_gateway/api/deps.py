@@ -85,7 +85,7 @@ def _authorized(scope: Scope) -> Callable[..., Awaitable[TopicName]]:
     return authorized
 
 
-App = Annotated[Services, Depends(_services)]
+AppServices = Annotated[Services, Depends(_services)]
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 # Every topic route takes one of these: the caller is authenticated and authorized first.
 PublishTopic = Annotated[TopicName, Depends(_authorized("publish"))]

@@ -14,7 +14,7 @@ from broker_gateway.api.responses import JSON, V1_PROBLEMS, inline_schema, probl
 from broker_gateway.auth import Principal
 from broker_gateway.errors import InvalidManifest
 from broker_gateway.manifests.loader import Raw, parse_text
-from broker_gateway.manifests.model import Name, Problem
+from broker_gateway.manifests.model import ManifestProblem, Name
 from broker_gateway.manifests.render import plan_json, plan_text
 
 router = APIRouter(
@@ -90,7 +90,7 @@ async def _parse(request: Request, allow_destructive: bool, prune: bool) -> _Opt
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise InvalidManifest([Problem("body", f"not valid JSON: {exc}")]) from exc
+            raise InvalidManifest([ManifestProblem("body", f"not valid JSON: {exc}")]) from exc
         if isinstance(parsed, dict) and "documents" in parsed:
             options = validated(ManifestRequest, parsed)
             return _Options(

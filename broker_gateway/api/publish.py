@@ -10,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from starlette.datastructures import Headers
 
 from broker_gateway.api.bodies import media_type, validated
-from broker_gateway.api.deps import App, PublishTopic
+from broker_gateway.api.deps import AppServices, PublishTopic
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema
 from broker_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, problem_for
 from broker_gateway.pulsar.codecs import parse_time
@@ -25,14 +25,14 @@ NAME_PATTERN = r"^[A-Za-z0-9_.=:-]{1,255}$"
 PROPERTY_HEADER = "x-message-property-"
 
 
-def _epoch_ms(value: Any) -> Any:
+def _to_epoch_ms(value: Any) -> Any:
     """RFC 3339 strings or integer epoch milliseconds, as epoch milliseconds."""
     if isinstance(value, str):
         return parse_time(value)
     return value
 
 
-EpochMs = Annotated[int, BeforeValidator(_epoch_ms), Field(ge=0)]
+EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms), Field(ge=0)]
 
 
 class PublishMessage(BaseModel):
@@ -152,7 +152,7 @@ _REQUEST_BODY: dict[str, Any] = {
 async def publish(
     request: Request,
     topic: PublishTopic,
-    app: App,
+    services: AppServices,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -171,14 +171,14 @@ async def publish(
     Messages keep their order within the batch.
     """
     body = await request.body()
-    producer, messages = _parse(request.headers, body, app.settings)
-    app.limits.published(topic.tenant, len(body))
+    producer, messages = _parse(request.headers, body, services.settings)
+    services.limits.published(topic.tenant, len(body))
 
     async def run() -> Answer:
-        outcomes = await app.pulsar.publish(topic, messages, producer)
+        outcomes = await services.pulsar.publish(topic, messages, producer)
         failed = sum(isinstance(o, GatewayError) for o in outcomes)
-        app.metrics.published.labels("persisted").inc(len(outcomes) - failed)
-        app.metrics.published.labels("failed").inc(failed)
+        services.metrics.published.labels("persisted").inc(len(outcomes) - failed)
+        services.metrics.published.labels("failed").inc(failed)
         return _answer(outcomes)
 
     if idempotency_key is None:
@@ -186,7 +186,7 @@ async def publish(
         replayed = False
     else:
         fingerprint = _fingerprint(request.headers, body)
-        answer, replayed = await app.pulsar.idempotency.answer(
+        answer, replayed = await services.pulsar.idempotency.answer(
             topic, idempotency_key, fingerprint, run
         )
     headers = {"Idempotent-Replayed": "true"} if replayed else None

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker_gateway.api.deps import App, ConsumeTopic
+from broker_gateway.api.deps import AppServices, ConsumeTopic
 from broker_gateway.api.read import Message
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
 from broker_gateway.errors import InvalidRequest
@@ -92,31 +92,33 @@ def _settled(settled: Settled) -> JSON:
     responses={201: {"description": "Created"}},
 )
 async def configure(
-    body: SubscriptionConfig, topic: ConsumeTopic, subscription: Subscription, app: App
+    body: SubscriptionConfig, topic: ConsumeTopic, subscription: Subscription, services: AppServices
 ) -> JSON:
     """Idempotent: 201 with the configuration when created, 200 when it existed. Every
     replica works with the new configuration at once; one that cannot be told takes it up
     within GATEWAY_QUEUE_CONFIG_REFRESH_S, as after a manifest apply."""
     body.check_for(topic)
-    created = await app.pulsar.queues.configure(topic, subscription, body)
+    created = await services.pulsar.queues.configure(topic, subscription, body)
     return JSON(body.model_dump(mode="json"), status_code=201 if created else 200)
 
 
 @router.get(BASE, summary="Subscription configuration and stats")
-async def describe(topic: ConsumeTopic, subscription: Subscription, app: App) -> JSON:
+async def describe(topic: ConsumeTopic, subscription: Subscription, services: AppServices) -> JSON:
     """Configuration with Pulsar's stats: `backlog` (entries not yet acked: a batch of
     messages counts once), `unacked` (dispatched to the gateway, not acked),
     `oldest_unacked_age_ms`, `dead_letter_backlog` and `consumers` (gateway consumers
     attached)."""
-    described = await app.pulsar.queues.describe(topic, subscription)
+    described = await services.pulsar.queues.describe(topic, subscription)
     config = described.pop("config").model_dump(mode="json")
     return JSON({**config, **described})
 
 
 @router.delete(BASE, summary="Delete a subscription", status_code=204)
-async def delete(topic: ConsumeTopic, subscription: Subscription, app: App) -> Response:
+async def delete(
+    topic: ConsumeTopic, subscription: Subscription, services: AppServices
+) -> Response:
     """Removes the subscription and its position; its dead-letter topic stays."""
-    await app.pulsar.queues.delete(topic, subscription)
+    await services.pulsar.queues.delete(topic, subscription)
     return Response(status_code=204)
 
 
@@ -125,23 +127,23 @@ async def pull(
     body: PullRequest,
     topic: ConsumeTopic,
     subscription: Subscription,
-    app: App,
+    services: AppServices,
 ) -> JSON:
     """Lease up to `max_messages` until their ack deadline; an empty list after `wait_ms`.
 
     Unacked past the deadline, a message is delivered again (to any worker, through any
     replica) with `delivery_attempt` + 1. Nothing is acknowledged to Pulsar until an ack.
     """
-    if body.max_messages > app.settings.max_pull_messages:
-        raise InvalidRequest(f"max_messages is at most {app.settings.max_pull_messages}")
-    pulled = await app.pulsar.queues.pull(
+    if body.max_messages > services.settings.max_pull_messages:
+        raise InvalidRequest(f"max_messages is at most {services.settings.max_pull_messages}")
+    pulled = await services.pulsar.queues.pull(
         topic,
         subscription,
         max_messages=body.max_messages,
-        wait_s=min(body.wait_ms, app.settings.max_wait_ms) / 1000,
+        wait_s=min(body.wait_ms, services.settings.max_wait_ms) / 1000,
         ack_deadline_ms=body.ack_deadline_ms,
     )
-    app.metrics.read.inc(len(pulled))
+    services.metrics.read.inc(len(pulled))
     messages: list[dict[str, Any]] = []
     for item in pulled:
         message = render(item.message)
@@ -152,19 +154,21 @@ async def pull(
 
 
 @router.post(f"{BASE}/ack", summary="Acknowledge", responses={200: {"model": SettleResponse}})
-async def ack(body: AckRequest, topic: ConsumeTopic, subscription: Subscription, app: App) -> JSON:
+async def ack(
+    body: AckRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
+) -> JSON:
     """Done with these messages; works on any replica. Acking twice is harmless."""
-    return _settled(await app.pulsar.queues.ack(topic, subscription, body.receipts))
+    return _settled(await services.pulsar.queues.ack(topic, subscription, body.receipts))
 
 
 @router.post(
     f"{BASE}/nack", summary="Negative acknowledge", responses={200: {"model": SettleResponse}}
 )
 async def nack(
-    body: NackRequest, topic: ConsumeTopic, subscription: Subscription, app: App
+    body: NackRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
 ) -> JSON:
     """Deliver these again after `delay_ms`; works on any replica."""
-    settled = await app.pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
+    settled = await services.pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
     return _settled(settled)
 
 
@@ -172,10 +176,10 @@ async def nack(
     f"{BASE}/extend", summary="Extend the ack deadline", responses={200: {"model": SettleResponse}}
 )
 async def extend(
-    body: ExtendRequest, topic: ConsumeTopic, subscription: Subscription, app: App
+    body: ExtendRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
 ) -> JSON:
     """Keep these leased for `ack_deadline_ms` more from now; works on any replica."""
-    settled = await app.pulsar.queues.extend(
+    settled = await services.pulsar.queues.extend(
         topic, subscription, body.receipts, body.ack_deadline_ms
     )
     return _settled(settled)
@@ -183,22 +187,22 @@ async def extend(
 
 @router.post(f"{BASE}/seek", summary="Seek the subscription", status_code=204)
 async def seek(
-    body: SeekRequest, topic: ConsumeTopic, subscription: Subscription, app: App
+    body: SeekRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
 ) -> Response:
     """Replay from a position (or skip to `latest`). Outstanding leases are void: their
     messages are delivered again if the new position is before them."""
     start = parse_start(body.position, topic)
-    await app.pulsar.queues.seek(topic, subscription, start)
+    await services.pulsar.queues.seek(topic, subscription, start)
     return Response(status_code=204)
 
 
 @router.post(f"{BASE}/dead-letters/redrive", summary="Redrive dead letters")
 async def redrive(
-    body: RedriveRequest, topic: ConsumeTopic, subscription: Subscription, app: App
+    body: RedriveRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
 ) -> JSON:
     """Move up to `max_messages` dead letters back to the topic for this subscription.
 
     Other subscriptions of the topic skip redriven messages; readers of the topic see them.
     """
-    moved = await app.pulsar.queues.redrive(topic, subscription, body.max_messages)
+    moved = await services.pulsar.queues.redrive(topic, subscription, body.max_messages)
     return JSON({"moved": moved})

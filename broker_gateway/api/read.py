@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from broker_gateway.api.deps import App, ConsumeTopic
+from broker_gateway.api.deps import AppServices, ConsumeTopic
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
 from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import parse_start
@@ -52,7 +52,7 @@ class ReadResponse(BaseModel):
 )
 async def read(
     topic: ConsumeTopic,
-    app: App,
+    services: AppServices,
     position: Position = "earliest",
     limit: Annotated[int, Query(ge=1, description="At most this many messages")] = 100,
     wait_ms: Annotated[
@@ -68,13 +68,15 @@ async def read(
     (Pulsar's auto-creation policy), else 404 `topic_not_found`.
     `limit` above the configured maximum is 422; `wait_ms` above the cap is lowered to it.
     """
-    if limit > app.settings.max_read_limit:
-        raise InvalidRequest(f"limit {limit} is above the maximum {app.settings.max_read_limit}")
+    if limit > services.settings.max_read_limit:
+        raise InvalidRequest(
+            f"limit {limit} is above the maximum {services.settings.max_read_limit}"
+        )
     start = parse_start(position, topic)
-    deliveries, cursor = await app.pulsar.read(
-        topic, start, limit=limit, wait_s=min(wait_ms, app.settings.max_wait_ms) / 1000
+    deliveries, cursor = await services.pulsar.read(
+        topic, start, limit=limit, wait_s=min(wait_ms, services.settings.max_wait_ms) / 1000
     )
-    app.metrics.read.inc(len(deliveries))
+    services.metrics.read.inc(len(deliveries))
     base64_only = encoding == "base64"
     return JSON(
         {

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from broker_gateway.api.deps import App, ConsumeTopic, CurrentPrincipal
+from broker_gateway.api.deps import AppServices, ConsumeTopic, CurrentPrincipal
 from broker_gateway.api.read import Encoding, Position
 from broker_gateway.api.responses import TOPIC_PROBLEMS
 from broker_gateway.errors import GatewayError, problem_body, problem_for
@@ -65,7 +65,7 @@ class _Stream(StreamingResponse):
 async def stream(
     request: Request,
     topic: ConsumeTopic,
-    app: App,
+    services: AppServices,
     principal: CurrentPrincipal,
     position: Position = "latest",
     encoding: Encoding = "json",
@@ -85,10 +85,12 @@ async def stream(
     start = parse_start(last_event_id or position, topic)
     ndjson = NDJSON in request.headers.get("accept", "")
     stack = AsyncExitStack()
-    stack.enter_context(app.streams.hold(principal.name))
+    stack.enter_context(services.streams.hold(principal.name))
     try:
         # Opened before the response starts, so a bad topic is still a 404, not an event.
-        reader = await stack.enter_async_context(app.pulsar.reader(topic, start, queue_size=BATCH))
+        reader = await stack.enter_async_context(
+            services.pulsar.reader(topic, start, queue_size=BATCH)
+        )
     except BaseException:
         await stack.aclose()
         raise
@@ -98,11 +100,13 @@ async def stream(
     async def events() -> AsyncIterator[bytes]:
         yield b"\n" if ndjson else b": connected\n\n"
         # The replica is shutting down: end the stream, and the client resumes elsewhere.
-        draining = asyncio.ensure_future(app.draining.wait())
+        draining = asyncio.ensure_future(services.draining.wait())
         try:
             while True:
                 fetching = asyncio.ensure_future(
-                    app.pulsar.next_batch(topic, reader, BATCH, app.settings.stream_heartbeat_s)
+                    services.pulsar.next_batch(
+                        topic, reader, BATCH, services.settings.stream_heartbeat_s
+                    )
                 )
                 await asyncio.wait((fetching, draining), return_when=asyncio.FIRST_COMPLETED)
                 if not fetching.done():  # the client resumes after its last event
@@ -111,7 +115,7 @@ async def stream(
                         await fetching
                     return
                 batch = fetching.result()
-                app.metrics.read.inc(len(batch))
+                services.metrics.read.inc(len(batch))
                 if not batch:
                     yield b"\n" if ndjson else b": heartbeat\n\n"
                     continue

@@ -7,7 +7,7 @@ from typing import Any, Final
 import yaml
 
 from broker_gateway.errors import InvalidManifest
-from broker_gateway.manifests.model import Problem
+from broker_gateway.manifests.model import ManifestProblem
 
 _SUFFIXES: Final = (".yaml", ".yml", ".json")
 
@@ -26,7 +26,7 @@ def parse_text(text: str | bytes, source: str) -> Raw:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "not valid YAML or JSON"
-        raise InvalidManifest([Problem(source, f"{problem}{where}")]) from exc
+        raise InvalidManifest([ManifestProblem(source, f"{problem}{where}")]) from exc
     items: list[Any] = []
     for document in documents:
         if isinstance(document, dict) and set(document) == {"documents"}:
@@ -55,7 +55,7 @@ def load_paths(paths: Iterable[str | Path]) -> Raw:
         elif path.is_file():
             files = [path]
         else:
-            raise InvalidManifest([Problem(str(path), "no such file or directory")])
+            raise InvalidManifest([ManifestProblem(str(path), "no such file or directory")])
         for file in files:
             raw.extend(parse_text(file.read_bytes(), str(file)))
     return raw

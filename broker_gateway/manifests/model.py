@@ -228,7 +228,7 @@ _DOCUMENT: Final[TypeAdapter[Tenant | Namespace | Topic | Subscription]] = TypeA
 
 
 @dataclass(frozen=True)
-class Problem:
+class ManifestProblem:
     """One reason a manifest set is invalid: where, and what is wrong."""
 
     source: str
@@ -290,7 +290,7 @@ def build(raw: Iterable[tuple[str, Any]], clusters: Sequence[str]) -> Manifests:
     `raw` is (source, parsed document) pairs; `clusters` are the configured cluster names.
     Raises: InvalidManifest listing every problem found.
     """
-    problems: list[Problem] = []
+    problems: list[ManifestProblem] = []
     manifests = Manifests()
     for source, document in raw:
         try:
@@ -306,7 +306,7 @@ def build(raw: Iterable[tuple[str, Any]], clusters: Sequence[str]) -> Manifests:
         }[parsed.kind]
         key = parsed.key if isinstance(parsed, Subscription) else parsed.name
         if key in table:
-            problems.append(Problem(source, f"{parsed.kind} {key} is declared twice"))
+            problems.append(ManifestProblem(source, f"{parsed.kind} {key} is declared twice"))
         table[key] = parsed
     if not problems:
         problems.extend(_semantic_problems(manifests, set(clusters)))
@@ -315,7 +315,7 @@ def build(raw: Iterable[tuple[str, Any]], clusters: Sequence[str]) -> Manifests:
     return manifests
 
 
-def _validation_problems(source: str, document: Any, exc: ValidationError) -> list[Problem]:
+def _validation_problems(source: str, document: Any, exc: ValidationError) -> list[ManifestProblem]:
     kind = document.get("kind") if isinstance(document, dict) else None
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
@@ -325,11 +325,11 @@ def _validation_problems(source: str, document: Any, exc: ValidationError) -> li
         message = error["msg"]
         if error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
             message = "kind must be one of Tenant, Namespace, Topic, Subscription"
-        problems.append(Problem(source, message, ".".join(loc)))
+        problems.append(ManifestProblem(source, message, ".".join(loc)))
     return problems
 
 
-def _semantic_problems(m: Manifests, clusters: set[str]) -> list[Problem]:
+def _semantic_problems(m: Manifests, clusters: set[str]) -> list[ManifestProblem]:
     return [
         *_tenant_problems(m, clusters),
         *_namespace_problems(m),
@@ -340,18 +340,18 @@ def _semantic_problems(m: Manifests, clusters: set[str]) -> list[Problem]:
 
 def _replication_problems(
     what: str, replication: Clusters | None, allowed: Clusters
-) -> list[Problem]:
+) -> list[ManifestProblem]:
     if replication is None:
         return []
     problems = []
     if not replication:
-        problems.append(Problem(what, "replication needs at least one cluster"))
+        problems.append(ManifestProblem(what, "replication needs at least one cluster"))
     if len(set(replication)) != len(replication):
-        problems.append(Problem(what, "replication lists a cluster twice"))
+        problems.append(ManifestProblem(what, "replication lists a cluster twice"))
     outside = sorted(set(replication) - set(allowed))
     if outside:
         problems.append(
-            Problem(
+            ManifestProblem(
                 what,
                 f"replication to {', '.join(outside)}: not among the tenant's clusters "
                 f"({', '.join(allowed)})",
@@ -360,49 +360,51 @@ def _replication_problems(
     return problems
 
 
-def _tenant_problems(m: Manifests, clusters: set[str]) -> list[Problem]:
+def _tenant_problems(m: Manifests, clusters: set[str]) -> list[ManifestProblem]:
     problems = []
     for name, tenant in m.tenants.items():
         what = f"Tenant {name}"
         unknown = sorted(set(tenant.spec.clusters) - clusters)
         if unknown:
             problems.append(
-                Problem(
+                ManifestProblem(
                     what,
                     f"unknown cluster {', '.join(unknown)}: the gateway knows "
                     f"{', '.join(sorted(clusters))}",
                 )
             )
         if len(set(tenant.spec.clusters)) != len(tenant.spec.clusters):
-            problems.append(Problem(what, "a cluster is listed twice"))
+            problems.append(ManifestProblem(what, "a cluster is listed twice"))
         problems += _replication_problems(what, tenant.spec.replication, tenant.spec.clusters)
     return problems
 
 
-def _namespace_problems(m: Manifests) -> list[Problem]:
+def _namespace_problems(m: Manifests) -> list[ManifestProblem]:
     problems = []
     for name, namespace in m.namespaces.items():
         what = f"Namespace {name}"
         owner = m.tenants.get(namespace.tenant)
         if owner is None:
-            problems.append(Problem(what, f"its tenant {namespace.tenant} is not declared"))
+            problems.append(ManifestProblem(what, f"its tenant {namespace.tenant} is not declared"))
             continue
         spec = namespace.spec
         problems += _replication_problems(what, spec.replication, owner.spec.clusters)
         if spec.backlog_quota and spec.retention and spec.retention.size != INFINITE:
             if spec.backlog_quota.size >= spec.retention.size:
                 problems.append(
-                    Problem(what, "backlog_quota.size must be smaller than retention.size")
+                    ManifestProblem(what, "backlog_quota.size must be smaller than retention.size")
                 )
     return problems
 
 
-def _topic_problems(m: Manifests) -> list[Problem]:
+def _topic_problems(m: Manifests) -> list[ManifestProblem]:
     problems = []
     for name, topic in m.topics.items():
         what = f"Topic {name}"
         if topic.namespace not in m.namespaces:
-            problems.append(Problem(what, f"its namespace {topic.namespace} is not declared"))
+            problems.append(
+                ManifestProblem(what, f"its namespace {topic.namespace} is not declared")
+            )
             continue
         problems += _replication_problems(
             what, topic.spec.replication, m.tenant_of(name).spec.clusters
@@ -410,13 +412,17 @@ def _topic_problems(m: Manifests) -> list[Problem]:
     return problems
 
 
-def _subscription_problems(m: Manifests) -> list[Problem]:
+def _subscription_problems(m: Manifests) -> list[ManifestProblem]:
     problems = []
     for key, subscription in m.subscriptions.items():
         what = f"Subscription {subscription.name} on {subscription.topic}"
         if subscription.topic not in m.topics:
-            problems.append(Problem(what, f"its topic {subscription.topic} is not declared"))
+            problems.append(
+                ManifestProblem(what, f"its topic {subscription.topic} is not declared")
+            )
         dead_letters = subscription.spec.dead_letter_topic
         if dead_letters is not None and dead_letters.split("/")[0] != key.split("/")[0]:
-            problems.append(Problem(what, "dead_letter_topic must be in the topic's tenant"))
+            problems.append(
+                ManifestProblem(what, "dead_letter_topic must be in the topic's tenant")
+            )
     return problems

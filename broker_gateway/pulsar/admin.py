@@ -30,10 +30,8 @@ class PulsarAdmin:
         cluster: Cluster,
         *,
         timeout_s: float,
-        retry_after_s: int,
     ) -> None:
         self.cluster = cluster
-        self._retry_after_s = retry_after_s
         headers = {"Accept": "application/json"}
         if cluster.token is not None:
             headers["Authorization"] = f"Bearer {cluster.token.get_secret_value()}"
@@ -191,13 +189,9 @@ class PulsarAdmin:
         try:
             return await self._http.request(method, path, **kwargs, **extra)
         except httpx.TimeoutException as exc:
-            raise BrokerTimeout(
-                f"cluster {name} did not answer in time", retry_after_s=self._retry_after_s
-            ) from exc
+            raise BrokerTimeout(f"cluster {name} did not answer in time") from exc
         except httpx.TransportError as exc:
-            raise BrokerUnavailable(
-                f"cluster {name} is unreachable: {exc}", retry_after_s=self._retry_after_s
-            ) from exc
+            raise BrokerUnavailable(f"cluster {name} is unreachable: {exc}") from exc
 
     async def request(
         self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
@@ -225,7 +219,6 @@ class PulsarAdmin:
         if response.status_code >= 500:
             raise BrokerUnavailable(
                 f"cluster {name} answered {response.status_code}",
-                retry_after_s=self._retry_after_s,
             )
         if response.status_code >= 400:
             raise BrokerError(f"cluster {name} refused {method} {path}: {reason(response)}")

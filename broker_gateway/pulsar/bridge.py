@@ -97,6 +97,11 @@ async def has_message_available(reader: pulsar.asyncio.Reader) -> bool:
     return await future
 
 
+def read_next_async(reader: pulsar.asyncio.Reader, future: "asyncio.Future[Any]") -> None:
+    """Ask for the reader's next _pulsar.Message, settled on `future`."""
+    reader._reader.read_next_async(callback_for(future))
+
+
 async def read_next(reader: pulsar.asyncio.Reader) -> Any:
     """The reader's next _pulsar.Message."""
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

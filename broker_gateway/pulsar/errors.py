@@ -55,16 +55,14 @@ def result_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def translate(exc: BaseException, retry_after_s: int) -> GatewayError:
+def translate(exc: BaseException) -> GatewayError:
     """Map an exception raised by pulsar-client to the gateway error a client sees."""
     if isinstance(exc, GatewayError):
         return exc
     name = result_name(exc)
     if name in _REFUSED:
         return BrokerError(f"Pulsar refused the gateway's credentials: {name}")
-    cls = _BY_RESULT.get(name, BrokerError)
-    retry = retry_after_s if cls in (BrokerUnavailable, BrokerTimeout) else None
-    return cls(f"Pulsar: {name}", retry_after_s=retry)
+    return _BY_RESULT.get(name, BrokerError)(f"Pulsar: {name}")
 
 
 # What pulsar-client raises: its asyncio API, and its plain (and C++) one.

@@ -61,7 +61,6 @@ class IdempotencyStore:
         *,
         ttl_s: int,
         wait_ready_s: float,
-        retry_after_s: int,
     ) -> None:
         self._client = client
         self._admin = admin
@@ -69,7 +68,6 @@ class IdempotencyStore:
         self._topic = topic
         self._ttl_ms = ttl_s * 1000
         self._wait_ready_s = wait_ready_s
-        self._retry_after_s = retry_after_s
         self._records: dict[str, _Record] = {}
         self._in_flight: dict[str, asyncio.Future[Answer | None]] = {}
         self._ready = asyncio.Event()
@@ -142,7 +140,6 @@ class IdempotencyStore:
                 self._producers,
                 self._topic,
                 OutgoingMessage(payload, key=key),
-                retry_after_s=self._retry_after_s,
             )
         except GatewayError as exc:
             # The messages are in Pulsar and the client gets its answer; only a retry on
@@ -153,9 +150,7 @@ class IdempotencyStore:
         try:
             await asyncio.wait_for(self._ready.wait(), self._wait_ready_s)
         except TimeoutError:
-            raise BrokerUnavailable(
-                "the Idempotency-Key store is not loaded yet", retry_after_s=self._retry_after_s
-            ) from None
+            raise BrokerUnavailable("the Idempotency-Key store is not loaded yet") from None
 
     async def _run(self) -> None:
         """Load the last `ttl` of records, then follow the topic; reconnect on failure."""

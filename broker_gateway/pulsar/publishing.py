@@ -27,13 +27,13 @@ def _build(message: OutgoingMessage) -> Any:
     if message.deliver_at_ms is not None:
         builder.deliver_at(message.deliver_at_ms)
     elif message.deliver_after_ms is not None:
-        builder.deliver_at(_epoch_ms() + message.deliver_after_ms)
+        builder.deliver_at(_now_ms() + message.deliver_after_ms)
     if message.sequence_id is not None:
         builder.sequence_id(message.sequence_id)
     return builder.build()
 
 
-def _epoch_ms() -> int:
+def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
@@ -48,7 +48,6 @@ async def publish(
     messages: list[OutgoingMessage],
     *,
     producer_name: str | None = None,
-    retry_after_s: int,
 ) -> list[Outcome]:
     """Send every message and report each one's outcome.
 
@@ -60,7 +59,7 @@ async def publish(
     try:
         entry = await producers.acquire(topic.persistent, producer_name)
     except Exception as exc:
-        raise _unavailable(translate(exc, retry_after_s), retry_after_s) from exc
+        raise _unavailable(translate(exc)) from exc
     sends = Gathering(len(messages))
     send_async = send_async_of(entry.producer)
     try:
@@ -69,37 +68,32 @@ async def publish(
         results = await sends.wait()
     finally:
         producers.release(entry)
-    return [_outcome(result, message_id, retry_after_s) for result, message_id in results]
+    return [_outcome(result, message_id) for result, message_id in results]
 
 
-async def send(
-    producers: ProducerCache, topic: TopicName, message: OutgoingMessage, *, retry_after_s: int
-) -> Position:
+async def send(producers: ProducerCache, topic: TopicName, message: OutgoingMessage) -> Position:
     """Publish one message and wait until it is persisted.
 
     Raises: GatewayError.
     """
-    [outcome] = await publish(producers, topic, [message], retry_after_s=retry_after_s)
+    [outcome] = await publish(producers, topic, [message])
     if isinstance(outcome, GatewayError):
         raise outcome
     assert outcome is not None  # only named producers see duplicates
     return outcome
 
 
-def _outcome(result: Any, message_id: Any, retry_after_s: int) -> Outcome:
+def _outcome(result: Any, message_id: Any) -> Outcome:
     error = error_of(result)
     if error is not None:
-        return translate(error, retry_after_s)
+        return translate(error)
     position = position_of(message_id)
     return None if position.ledger < 0 else position
 
 
-def _unavailable(error: GatewayError, retry_after_s: int) -> GatewayError:
+def _unavailable(error: GatewayError) -> GatewayError:
     """Not reaching the broker in time to create a producer is unavailability: nothing
     was sent, so a retry is safe (unlike a timeout on a send)."""
     if isinstance(error, BrokerTimeout):
-        return BrokerUnavailable(
-            f"the broker did not accept a producer in time ({error.detail})",
-            retry_after_s=retry_after_s,
-        )
+        return BrokerUnavailable(f"the broker did not accept a producer in time ({error.detail})")
     return error

@@ -19,7 +19,7 @@ import pulsar.asyncio
 
 from broker_gateway.errors import TopicNotFound
 from broker_gateway.pulsar.admin import PulsarAdmin
-from broker_gateway.pulsar.bridge import callback_for, has_message_available, read_next
+from broker_gateway.pulsar.bridge import has_message_available, read_next, read_next_async
 from broker_gateway.pulsar.codecs import (
     EARLIEST,
     NON_PARTITIONED,
@@ -67,7 +67,7 @@ class _PartitionReader:
         """A future that completes when the next message arrives (it is kept, not lost)."""
         if self._pending is None:
             self._pending = asyncio.get_running_loop().create_future()
-            self.reader._reader.read_next_async(callback_for(self._pending))
+            read_next_async(self.reader, self._pending)
         return self._pending
 
     def _take_pending(self) -> None:

@@ -42,7 +42,6 @@ class PulsarService:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._retry_after_s = settings.broker_retry_after_s
         cluster = settings.data_cluster
         self.client = pulsar.asyncio.Client(
             cluster.service_url,
@@ -57,11 +56,7 @@ class PulsarService:
             logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
         )
         self.admins = {
-            c.name: PulsarAdmin(
-                c,
-                timeout_s=settings.pulsar_operation_timeout_s,
-                retry_after_s=self._retry_after_s,
-            )
+            c.name: PulsarAdmin(c, timeout_s=settings.pulsar_operation_timeout_s)
             for c in settings.clusters
         }
         self.admin = self.admins[cluster.name]
@@ -75,7 +70,6 @@ class PulsarService:
             TopicName.parse(*settings.idempotency_topic.split("/")),
             ttl_s=settings.idempotency_ttl_s,
             wait_ready_s=settings.pulsar_operation_timeout_s,
-            retry_after_s=self._retry_after_s,
         )
 
         self.queues = QueueService(
@@ -87,7 +81,6 @@ class PulsarService:
             idle_timeout_s=settings.queue_consumer_idle_timeout_s,
             handoff_s=settings.queue_handoff_s,
             config_refresh_s=settings.queue_config_refresh_s,
-            retry_after_s=self._retry_after_s,
         )
 
     async def open(self) -> None:
@@ -124,11 +117,7 @@ class PulsarService:
         return await self.on_topic(
             topic,
             lambda: publishing.publish(
-                self.producers,
-                topic,
-                messages,
-                producer_name=producer_name,
-                retry_after_s=self._retry_after_s,
+                self.producers, topic, messages, producer_name=producer_name
             ),
         )
 
@@ -176,7 +165,7 @@ class PulsarService:
         except Exception as exc:
             if not (is_pulsar_error(exc) or isinstance(exc, GatewayError)):
                 raise
-            error = translate(exc, self._retry_after_s)
+            error = translate(exc)
         if isinstance(error, TopicNotFound):
             error = await self.admin.explain_missing(topic)
         raise error

@@ -158,7 +158,7 @@ def test_the_gateways_admin_client_says_when_pulsar_refuses_its_credentials(
     )
 
     async def list_namespaces() -> None:
-        admin = PulsarAdmin(cluster, timeout_s=10, retry_after_s=1)
+        admin = PulsarAdmin(cluster, timeout_s=10)
         try:
             await admin.request("GET", "/admin/v2/namespaces/public")
         finally:

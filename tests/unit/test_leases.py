@@ -1,22 +1,12 @@
 """The lease table through every transition, on a clock the test moves: no broker, no loop."""
 
 from broker_gateway.pulsar.queues.leases import Admission, LeaseTable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.unit.conftest import Clock
 
 
 def table(*, key_shared: bool = False) -> tuple[LeaseTable[str], Clock]:
     clock = Clock()
-    leases: LeaseTable[str] = LeaseTable(key_shared=key_shared, clock=clock)
+    leases: LeaseTable[str] = LeaseTable(key_shared=key_shared, clock=clock.monotonic)
     return leases, clock
 
 

@@ -6,19 +6,7 @@ from broker_gateway import limits
 from broker_gateway.errors import RateLimited
 from broker_gateway.limits import StreamSlots, TenantLimits, TokenBucket
 from broker_gateway.settings import Settings
-
-
-class Clock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.unit.conftest import Clock
 
 
 @pytest.fixture

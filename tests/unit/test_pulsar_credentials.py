@@ -25,7 +25,7 @@ def test_a_token_never_shows_in_the_settings_repr() -> None:
 
 
 def test_a_client_the_broker_does_not_authorize_is_a_broker_error_not_a_retry() -> None:
-    error = translate(pulsar.AuthorizationError("refused"), retry_after_s=5)
+    error = translate(pulsar.AuthorizationError("refused"))
     assert type(error) is BrokerError
-    assert error.retry_after_s is None
+    assert not error.retryable and error.retry_after_s is None
     assert "refused the gateway's credentials" in error.detail

@@ -21,12 +21,9 @@ REDRIVE_FOR: Final = "broker-gateway.redrive-for"
 
 
 class DeadLetters:
-    def __init__(
-        self, client: pulsar.asyncio.Client, producers: ProducerCache, *, retry_after_s: int
-    ) -> None:
+    def __init__(self, client: pulsar.asyncio.Client, producers: ProducerCache) -> None:
         self._client = client
         self._producers = producers
-        self._retry_after_s = retry_after_s
 
     async def publish(
         self,
@@ -48,7 +45,6 @@ class DeadLetters:
             self._producers,
             config.dead_letters(topic, subscription),
             _copy(message, properties),
-            retry_after_s=self._retry_after_s,
         )
 
     async def redrive(
@@ -82,7 +78,6 @@ class DeadLetters:
                     self._producers,
                     topic,
                     _copy(message, properties),
-                    retry_after_s=self._retry_after_s,
                 )
                 await consumer.acknowledge(message.message_id())
                 moved += 1

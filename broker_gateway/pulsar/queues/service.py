@@ -88,7 +88,7 @@ def _on_topic(
         try:
             return await method(self, topic, *args, **kwargs)
         except PULSAR_ERRORS as exc:
-            error = translate(exc, self._retry_after_s)
+            error = translate(exc)
             if not isinstance(error, TopicNotFound):
                 raise error from exc
         except TopicNotFound:
@@ -110,18 +110,16 @@ class QueueService:
         idle_timeout_s: float,
         handoff_s: float,
         config_refresh_s: float,
-        retry_after_s: int,
     ) -> None:
         self._client = client
         self._admin = admin
         self._signer = signer
         self._replica = os.urandom(8)
         self._control = ControlChannel(client, control_topic, self._replica.hex())
-        self._dead_letters = DeadLetters(client, producers, retry_after_s=retry_after_s)
+        self._dead_letters = DeadLetters(client, producers)
         self._idle_timeout_s = idle_timeout_s
         self._handoff_s = handoff_s
         self._config_refresh_s = config_refresh_s
-        self._retry_after_s = retry_after_s
         self._consumers: dict[ConsumerKey, QueueConsumer] = {}
         self._opening: dict[ConsumerKey, asyncio.Task[QueueConsumer]] = {}
         self._maintenance: asyncio.Task[None] | None = None
@@ -342,7 +340,7 @@ class QueueService:
         try:
             await self._control.send(receipt.replica.hex(), command)
         except PULSAR_ERRORS as exc:
-            failed.append((text, ReceiptCode.of(translate(exc, self._retry_after_s))))
+            failed.append((text, ReceiptCode.of(translate(exc))))
 
     def _settle_here(self, command: Nack | Extend) -> bool:
         """False when this replica no longer holds the lease."""
@@ -365,8 +363,8 @@ class QueueService:
                 consumer = await self._consumer(topic, subscription)
             errors = await consumer.ack(message_ids)
         except PULSAR_ERRORS as exc:
-            return [translate(exc, self._retry_after_s)] * len(message_ids)
-        return [None if e is None else translate(e, self._retry_after_s) for e in errors]
+            return [translate(exc)] * len(message_ids)
+        return [None if e is None else translate(e) for e in errors]
 
     def _on_command(self, command: Command) -> None:
         """A command from another replica (or this one's own broadcast)."""
