@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(settings, pulsar, metrics, auth, limits, streams, draining)
         try:
             await pulsar.open()
-            with draining.on_signals():
+            with draining.on_signals(settings.shutdown_delay_s):
                 yield
         finally:
             await pulsar.close()

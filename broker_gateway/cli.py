@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -51,7 +52,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             http="httptools",
             log_level=settings.log_level,
             access_log=False,
-            timeout_graceful_shutdown=settings.drain_timeout_s,
+            # What is left of the grace once the delay has passed: open requests may finish.
+            timeout_graceful_shutdown=max(
+                settings.shutdown_grace_s - math.ceil(settings.shutdown_delay_s), 1
+            ),
         )
     return 0
 

@@ -1,9 +1,10 @@
-"""Shutdown, seen from inside: an event set when the server is told to stop.
+"""Shutdown, seen from inside: an event set the moment the server is told to stop.
 
-On SIGTERM or SIGINT uvicorn stops accepting connections and lets open requests finish for
-up to GATEWAY_DRAIN_TIMEOUT_S, then cancels them. Requests end by themselves within that
-time (a long poll within GATEWAY_MAX_WAIT_MS); a live stream never does, so streams watch
-this event and end at once, and their clients resume with Last-Event-ID on another replica.
+On SIGTERM or SIGINT the event is set at once: /readyz answers 503, live streams end with a
+`reconnect` event (their clients resume with Last-Event-ID on another replica), and long
+polls end with what they have. After GATEWAY_SHUTDOWN_DELAY_S, so that load balancers have
+noticed, the signal goes on to uvicorn, which stops accepting connections and lets open
+requests finish within what is left of GATEWAY_SHUTDOWN_GRACE_S.
 """
 
 import asyncio
@@ -16,22 +17,16 @@ from types import FrameType
 
 class Draining:
     def __init__(self) -> None:
-        self._started = asyncio.Event()
+        self.event = asyncio.Event()
 
     def is_set(self) -> bool:
-        return self._started.is_set()
-
-    async def wait(self) -> None:
-        await self._started.wait()
-
-    def start(self) -> None:
-        self._started.set()
+        return self.event.is_set()
 
     @contextmanager
-    def on_signals(self) -> Iterator[None]:
-        """Starts draining on SIGTERM or SIGINT, then hands the signal to the server's own
-        handler. Signals reach the main thread only: elsewhere (an in-process test client)
-        this watches nothing."""
+    def on_signals(self, delay_s: float) -> Iterator[None]:
+        """Starts draining on SIGTERM or SIGINT, and hands the signal to the server's own
+        handler `delay_s` later (at once for a second signal). Signals reach the main
+        thread only: elsewhere (an in-process test client) this watches nothing."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -39,10 +34,14 @@ class Draining:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
         def handle(signum: int, frame: FrameType | None) -> None:
-            loop.call_soon_threadsafe(self.start)
             server_handler = previous[signal.Signals(signum)]
-            if callable(server_handler):
+            if not callable(server_handler):
+                return
+            if self.event.is_set():
                 server_handler(signum, frame)
+                return
+            loop.call_soon_threadsafe(self.event.set)
+            loop.call_soon_threadsafe(loop.call_later, delay_s, server_handler, signum, frame)
 
         for sig in previous:
             signal.signal(sig, handle)

@@ -100,6 +100,12 @@ class BrokerError(GatewayError):
     """Pulsar answered with an error the gateway has no better name for."""
 
 
+class ShuttingDown(GatewayError):
+    """This replica is shutting down: ask another one."""
+
+    retryable = True
+
+
 class Conflict(BrokerError):
     """Pulsar's admin API answered 409: the resource exists already (or is in use)."""
 
@@ -149,6 +155,7 @@ PROBLEMS: dict[type[GatewayError], ProblemType] = {
     TopicNotFound: ProblemType(404, "topic_not_found", "Topic not found"),
     SubscriptionNotFound: ProblemType(404, "subscription_not_found", "Subscription not found"),
     BrokerUnavailable: ProblemType(503, "broker_unavailable", "Broker unavailable"),
+    ShuttingDown: ProblemType(503, "shutting_down", "Shutting down"),
     BrokerTimeout: ProblemType(504, "broker_timeout", "Broker timeout"),
     BrokerError: ProblemType(502, "broker_error", "Broker error"),
     ApplyFailed: ProblemType(502, "apply_failed", "Apply failed"),

@@ -53,10 +53,13 @@ class Settings(BaseSettings):
     # Worker processes serving the port. Each is a replica of its own (Pulsar client,
     # producers, consumers, per-replica limits); they share receipts and /metrics.
     workers: int = Field(default=1, ge=1)
-    # On SIGTERM the gateway stops accepting connections, ends live streams, lets open
-    # requests finish for up to this long (at least max_wait_ms, so no long poll is cut),
-    # then exits 0. An orchestrator's grace period must be longer (the chart adds 5 s).
-    drain_timeout_s: int = Field(default=30, ge=0)
+    # On SIGTERM (or SIGINT) /readyz answers 503 at once; after shutdown_delay_s, so load
+    # balancers notice, the gateway stops accepting connections, ends live streams with a
+    # `reconnect` event and long polls with what they have, lets other requests finish and
+    # exits 0 within shutdown_grace_s. An orchestrator's grace period must be longer (the
+    # chart gives it 5 s more).
+    shutdown_delay_s: float = Field(default=1.0, ge=0)
+    shutdown_grace_s: int = Field(default=30, ge=1)
 
     # The first cluster carries the data plane (publish, read, queues); manifests may use
     # any of them, and /readyz checks them all. Manifests name clusters, never URLs.

@@ -5,7 +5,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from broker_gateway.api.deps import AppServices
 from broker_gateway.api.responses import JSON, problems
-from broker_gateway.errors import BrokerUnavailable
+from broker_gateway.errors import BrokerUnavailable, ShuttingDown
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +18,10 @@ async def livez() -> JSON:
 
 @router.get("/readyz", summary="Readiness", responses=problems(503))
 async def readyz(services: AppServices) -> Response:
-    """200 when every configured Pulsar cluster answers, else 503 naming the failing ones."""
+    """200 when every configured Pulsar cluster answers, else 503 naming the failing ones;
+    503 `shutting_down` from the moment the replica is told to stop."""
+    if services.draining.is_set():
+        raise ShuttingDown("this replica is shutting down")
     problems = await services.pulsar.check_clusters()
     failing = {name: detail for name, detail in problems.items() if detail is not None}
     if not failing:

@@ -142,6 +142,7 @@ async def pull(
         max_messages=body.max_messages,
         wait_s=min(body.wait_ms, services.settings.max_wait_ms) / 1000,
         ack_deadline_ms=body.ack_deadline_ms,
+        stop=services.draining.event,  # a replica shutting down answers with what it has
     )
     services.metrics.read.inc(len(pulled))
     messages: list[dict[str, Any]] = []

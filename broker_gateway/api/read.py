@@ -74,7 +74,11 @@ async def read(
         )
     start = parse_start(position, topic)
     deliveries, cursor = await services.pulsar.read(
-        topic, start, limit=limit, wait_s=min(wait_ms, services.settings.max_wait_ms) / 1000
+        topic,
+        start,
+        limit=limit,
+        wait_s=min(wait_ms, services.settings.max_wait_ms) / 1000,
+        stop=services.draining.event,  # a replica shutting down answers with what it has
     )
     services.metrics.read.inc(len(deliveries))
     base64_only = encoding == "base64"

@@ -1,8 +1,7 @@
 """GET /v1/topics/{tenant}/{namespace}/{topic}/stream: follow a topic live."""
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from typing import Annotated
 
 import orjson
@@ -23,6 +22,9 @@ router = APIRouter(responses=TOPIC_PROBLEMS, tags=["streaming"])
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 BATCH = 100
+_SHUTTING_DOWN = {"reason": "this replica is shutting down: reconnect to resume"}
+_RECONNECT_SSE = b"event: reconnect\ndata: " + orjson.dumps(_SHUTTING_DOWN) + b"\n\n"
+_RECONNECT_NDJSON = orjson.dumps({"reconnect": _SHUTTING_DOWN}) + b"\n"
 
 
 class _Stream(StreamingResponse):
@@ -80,7 +82,9 @@ async def stream(
     reconnecting with `Last-Event-ID` resumes with no gap and no repeat. NDJSON: one Message
     per line, with its `cursor`. Idle connections get a heartbeat (an SSE comment, or an
     empty NDJSON line) every GATEWAY_STREAM_HEARTBEAT_S. An error after the stream started
-    ends it with a final `event: error` (NDJSON: an `{"error": problem}` line).
+    ends it with a final `event: error` (NDJSON: an `{"error": problem}` line). A replica
+    that is shutting down ends it with `event: reconnect` (NDJSON: a `{"reconnect": ...}`
+    line): reconnect, with Last-Event-ID, and another replica resumes it.
     """
     start = parse_start(last_event_id or position, topic)
     ndjson = NDJSON in request.headers.get("accept", "")
@@ -99,27 +103,19 @@ async def stream(
 
     async def events() -> AsyncIterator[bytes]:
         yield b"\n" if ndjson else b": connected\n\n"
-        # The replica is shutting down: end the stream, and the client resumes elsewhere.
-        draining = asyncio.ensure_future(services.draining.wait())
+        stop = services.draining.event
         try:
-            while True:
-                fetching = asyncio.ensure_future(
-                    services.pulsar.next_batch(
-                        topic, reader, BATCH, services.settings.stream_heartbeat_s
-                    )
+            while not stop.is_set():
+                batch = await services.pulsar.next_batch(
+                    topic, reader, BATCH, services.settings.stream_heartbeat_s, stop
                 )
-                await asyncio.wait((fetching, draining), return_when=asyncio.FIRST_COMPLETED)
-                if not fetching.done():  # the client resumes after its last event
-                    fetching.cancel()
-                    with suppress(asyncio.CancelledError, GatewayError):
-                        await fetching
-                    return
-                batch = fetching.result()
                 services.metrics.read.inc(len(batch))
-                if not batch:
+                if batch:
+                    yield b"".join(encode(d, base64_only) for d in batch)
+                elif not stop.is_set():
                     yield b"\n" if ndjson else b": heartbeat\n\n"
-                    continue
-                yield b"".join(encode(d, base64_only) for d in batch)
+            # This replica is shutting down: the client resumes on another one.
+            yield _RECONNECT_NDJSON if ndjson else _RECONNECT_SSE
         except GatewayError as exc:
             body = problem_body(problem_for(exc), exc.detail)
             yield (
@@ -127,8 +123,6 @@ async def stream(
                 if ndjson
                 else b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
             )
-        finally:
-            draining.cancel()
 
     return _Stream(events(), stack.aclose, NDJSON if ndjson else SSE)
 

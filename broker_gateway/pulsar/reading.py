@@ -150,15 +150,24 @@ class TopicReader:
     def cursor(self) -> str:
         return encode_cursor(self._positions, self._topic)
 
-    async def read(self, limit: int, wait_s: float) -> list[Delivery]:
+    async def read(
+        self, limit: int, wait_s: float, stop: asyncio.Event | None = None
+    ) -> list[Delivery]:
         """Up to `limit` messages, oldest publish time first across partitions.
 
-        Waits up to `wait_s` for a first message when none is available.
+        Waits up to `wait_s` for a first message when none is available, or until `stop`.
         """
         await self._fill(limit)
         if not any(p.buffer for p in self._partitions) and wait_s > 0:
             arrivals = [p.arrival() for p in self._partitions]
-            await asyncio.wait(arrivals, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            stopping = [] if stop is None else [asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(
+                    [*arrivals, *stopping], timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in stopping:
+                    task.cancel()
             await self._fill(limit)
         return self._take(limit)
 

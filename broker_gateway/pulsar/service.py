@@ -122,21 +122,35 @@ class PulsarService:
         )
 
     async def read(
-        self, topic: TopicName, start: Start, *, limit: int, wait_s: float
+        self,
+        topic: TopicName,
+        start: Start,
+        *,
+        limit: int,
+        wait_s: float,
+        stop: asyncio.Event | None = None,
     ) -> tuple[list[Delivery], str]:
         """A page of messages and the cursor after it.
 
         Raises: GatewayError (TopicNotFound, BrokerUnavailable, BrokerTimeout, ...).
         """
         async with self.reader(topic, start, queue_size=min(limit, 1000)) as reader:
-            deliveries = await self.next_batch(topic, reader, limit, wait_s)
+            deliveries = await self.next_batch(topic, reader, limit, wait_s, stop)
             return deliveries, reader.cursor
 
     async def next_batch(
-        self, topic: TopicName, reader: TopicReader, limit: int, wait_s: float
+        self,
+        topic: TopicName,
+        reader: TopicReader,
+        limit: int,
+        wait_s: float,
+        stop: asyncio.Event | None = None,
     ) -> list[Delivery]:
-        """Raises: GatewayError."""
-        return await self.on_topic(topic, lambda: reader.read(limit, wait_s))
+        """Up to `limit` messages, waiting up to `wait_s` (or until `stop`) for a first one.
+
+        Raises: GatewayError.
+        """
+        return await self.on_topic(topic, lambda: reader.read(limit, wait_s, stop))
 
     @asynccontextmanager
     async def reader(

@@ -237,12 +237,12 @@ def test_checksums_hash_what_is_rendered() -> None:
         assert annotations[f"checksum/{name}"] == hashlib.sha256(text.encode()).hexdigest()
 
 
-@pytest.mark.parametrize("drain", [0, 25, 40])
-def test_grace_period_is_drain_timeout_plus_five(drain: int) -> None:
-    docs = _render(drainTimeoutSeconds=drain)
+@pytest.mark.parametrize("drain", [1, 25, 40])
+def test_grace_period_is_the_shutdown_grace_plus_five(drain: int) -> None:
+    docs = _render(shutdownGraceSeconds=drain)
     spec = _one(docs, "Deployment")["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == drain + 5
-    assert _env(spec["containers"][0])["GATEWAY_DRAIN_TIMEOUT_S"]["value"] == str(drain)
+    assert _env(spec["containers"][0])["GATEWAY_SHUTDOWN_GRACE_S"]["value"] == str(drain)
 
 
 def test_autoscaler_owns_the_replica_count() -> None:
@@ -423,7 +423,7 @@ def test_standard_labels_on_every_object() -> None:
     [
         ({"replicaCount": "two"}, "/replicaCount"),
         ({"replicas": 2}, "'replicas'"),
-        ({"drainTimeoutSeconds": -1}, "/drainTimeoutSeconds"),
+        ({"shutdownGraceSeconds": -1}, "/shutdownGraceSeconds"),
         ({"service": {"port": 99999}}, "/service/port"),
         ({"service": {"type": "ExternalName"}}, "/service/type"),
         ({"image": {"tag": 1}}, "/image/tag"),

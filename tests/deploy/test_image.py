@@ -55,7 +55,7 @@ def test_a_container_serves_publish_and_read_as_a_non_root_user(
 
 
 def test_docker_stop_drains_an_open_stream_and_exits_0(start_gateway: StartGateway) -> None:
-    gateway = start_gateway(drain_timeout_s="3")
+    gateway = start_gateway(shutdown_grace_s="3")
     topic = f"public/default/image-stop-{uuid.uuid4().hex[:8]}"
     stream_opened = threading.Event()
     stream_ended: list[str] = []

@@ -121,8 +121,10 @@ class QueueConsumer:
 
     # --- pull ------------------------------------------------------------------------------
 
-    async def pull(self, max_messages: int, wait_s: float, lease_ms: int) -> list[Leased]:
-        """Lease up to `max_messages`, waiting up to `wait_s` for the first one.
+    async def pull(
+        self, max_messages: int, wait_s: float, lease_ms: int, stop: asyncio.Event | None = None
+    ) -> list[Leased]:
+        """Lease up to `max_messages`, waiting up to `wait_s` (or until `stop`) for the first.
 
         Raises: PulsarException when no consumer can be opened.
         """
@@ -138,7 +140,9 @@ class QueueConsumer:
                     self._wake.set()
                     continue
                 remaining = _NEXT_MESSAGE_S if leased else give_up - time.monotonic()
-                arrival = await self._receive(max(remaining, 0))
+                if stop is not None and stop.is_set():
+                    remaining = 0  # take what has arrived, wait for nothing
+                arrival = await self._receive(max(remaining, 0), stop)
                 if arrival is None:
                     break
                 item = await self._admit(*arrival, lease_ms)
@@ -149,7 +153,9 @@ class QueueConsumer:
             self.last_used = time.monotonic()
         return leased
 
-    async def _receive(self, timeout_s: float) -> tuple[_Receiver, Any] | None:
+    async def _receive(
+        self, timeout_s: float, stop: asyncio.Event | None = None
+    ) -> tuple[_Receiver, Any] | None:
         """The next message and the receiver it came through, or None after `timeout_s`.
 
         Several pulls may wait at once, each on a receive of its own; whichever wakes takes
@@ -166,9 +172,8 @@ class QueueConsumer:
             try:
                 if not future.done():  # else the client had it queued, and answered at once
                     remaining = max(give_up - time.monotonic(), 0)
-                    await asyncio.wait_for(asyncio.shield(future), remaining)
-            except TimeoutError:
-                return None
+                    if not await _arrives(future, remaining, stop):
+                        return None
             except asyncio.CancelledError:
                 if not future.cancelled():
                     raise  # this pull was cancelled (its client went away)
@@ -353,6 +358,23 @@ class QueueConsumer:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(sleep_s, 0.001))
             except TimeoutError:
                 pass
+
+
+async def _arrives(
+    future: "asyncio.Future[Any]", timeout_s: float, stop: asyncio.Event | None
+) -> bool:
+    """Whether `future` is done within `timeout_s`, before `stop`; it is never cancelled
+    here, so a message it brings later is kept for the next pull."""
+    waiters: set[asyncio.Future[Any]] = {asyncio.shield(future)}
+    stopping = None if stop is None else asyncio.ensure_future(stop.wait())
+    if stopping is not None:
+        waiters.add(stopping)
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return future.done()
 
 
 def _attempt(message: Any) -> int:

@@ -238,11 +238,15 @@ class QueueService:
         max_messages: int,
         wait_s: float,
         ack_deadline_ms: int | None,
+        stop: asyncio.Event | None = None,
     ) -> list[Pulled]:
-        """Raises: SubscriptionNotFound; GatewayError."""
+        """Lease up to `max_messages`, waiting up to `wait_s` (or until `stop`) for a first.
+
+        Raises: SubscriptionNotFound; GatewayError.
+        """
         consumer = await self._consumer(topic, subscription)
         lease_ms = ack_deadline_ms or consumer.config.ack_deadline_ms
-        leased = await consumer.pull(max_messages, wait_s, lease_ms)
+        leased = await consumer.pull(max_messages, wait_s, lease_ms, stop)
         return [
             Pulled(
                 item.message,

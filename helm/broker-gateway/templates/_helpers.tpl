@@ -96,7 +96,7 @@ template`); else a new random value. */}}
 
 {{/* Refuses values that contradict each other, naming them. */}}
 {{- define "broker-gateway.validate" -}}
-{{- $owned := list "host" "port" "clusters" "auth_enabled" "receipt_secret" "auth_hs256_secret" "auth_public_keys_file" "auth_api_keys_file" "drain_timeout_s" -}}
+{{- $owned := list "host" "port" "clusters" "auth_enabled" "receipt_secret" "auth_hs256_secret" "auth_public_keys_file" "auth_api_keys_file" "shutdown_grace_s" "shutdown_delay_s" -}}
 {{- range $key, $_ := .Values.config -}}
 {{- if has $key $owned -}}
 {{- fail (printf "config.%s: set by the chart (see README.md), remove it from config" $key) -}}
@@ -172,8 +172,10 @@ them, and no token is written into a ConfigMap or the pod spec. */}}
   value: "0.0.0.0"
 - name: GATEWAY_PORT
   value: "8000"
-- name: GATEWAY_DRAIN_TIMEOUT_S
-  value: {{ .Values.drainTimeoutSeconds | int | quote }}
+- name: GATEWAY_SHUTDOWN_DELAY_S
+  value: {{ .Values.shutdownDelaySeconds | quote }}
+- name: GATEWAY_SHUTDOWN_GRACE_S
+  value: {{ .Values.shutdownGraceSeconds | int | quote }}
 - name: GATEWAY_AUTH_ENABLED
   value: {{ .Values.auth.enabled | quote }}
 - name: GATEWAY_RECEIPT_SECRET
