@@ -147,6 +147,8 @@ def _install_error_handlers(app: FastAPI, respond: Callable[[GatewayError], Resp
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if isinstance(exc.__cause__, GatewayError):  # reading the body failed: over the limit
+            return respond(exc.__cause__)
         if exc.status_code == 400:  # FastAPI could not parse the body: bad input, like any
             error = InvalidRequest(f"the body is not valid JSON: {exc.detail}")
             return _problem(problem_for(error), error.detail)
