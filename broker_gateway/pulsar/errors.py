@@ -1,6 +1,7 @@
 """Pulsar client results, translated into the gateway's errors."""
 
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import pulsar
 import pulsar.asyncio
@@ -15,6 +16,10 @@ from broker_gateway.errors import (
     SubscriptionNotFound,
     TopicNotFound,
 )
+from broker_gateway.pulsar.codecs import TopicName
+
+if TYPE_CHECKING:
+    from broker_gateway.pulsar.admin import PulsarAdmin
 
 _RETRYABLE: Final = {
     "ConnectError",
@@ -69,5 +74,22 @@ def translate(exc: BaseException) -> GatewayError:
 PULSAR_ERRORS: Final = (pulsar.asyncio.PulsarException, pulsar.PulsarException)
 
 
-def is_pulsar_error(exc: BaseException) -> bool:
-    return isinstance(exc, PULSAR_ERRORS)
+T = TypeVar("T")
+
+
+async def on_topic(
+    admin: "PulsarAdmin", topic: TopicName, operation: Callable[[], Awaitable[T]]
+) -> T:
+    """Run a Pulsar operation on `topic`, with its errors as the gateway's.
+
+    A missing topic is narrowed down to the tenant or namespace that is missing.
+    """
+    try:
+        return await operation()
+    except PULSAR_ERRORS as exc:
+        error = translate(exc)
+        if not isinstance(error, TopicNotFound):
+            raise error from exc
+    except TopicNotFound:
+        pass
+    raise await admin.explain_missing(topic)

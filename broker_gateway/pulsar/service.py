@@ -9,11 +9,10 @@ from typing import TypeVar
 
 import pulsar.asyncio
 
-from broker_gateway.errors import GatewayError, TopicNotFound
-from broker_gateway.pulsar import publishing
+from broker_gateway.errors import GatewayError
+from broker_gateway.pulsar import errors, publishing
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.codecs import Start, TopicName
-from broker_gateway.pulsar.errors import is_pulsar_error, translate
 from broker_gateway.pulsar.idempotency import IdempotencyStore
 from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.producers import ProducerCache
@@ -170,16 +169,5 @@ class PulsarService:
             await reader.close()
 
     async def on_topic(self, topic: TopicName, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run a Pulsar operation on `topic`, with its errors as the gateway's.
-
-        A missing topic is narrowed down to the tenant or namespace that is missing.
-        """
-        try:
-            return await operation()
-        except Exception as exc:
-            if not (is_pulsar_error(exc) or isinstance(exc, GatewayError)):
-                raise
-            error = translate(exc)
-        if isinstance(error, TopicNotFound):
-            error = await self.admin.explain_missing(topic)
-        raise error
+        """Run a Pulsar operation on `topic` of the data cluster, errors as the gateway's."""
+        return await errors.on_topic(self.admin, topic, operation)

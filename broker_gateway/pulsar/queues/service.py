@@ -19,12 +19,11 @@ from broker_gateway.errors import (
     InvalidReceipt,
     NotFound,
     SubscriptionNotFound,
-    TopicNotFound,
     problem_for,
 )
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.codecs import Start, TopicName
-from broker_gateway.pulsar.errors import PULSAR_ERRORS, translate
+from broker_gateway.pulsar.errors import PULSAR_ERRORS, on_topic, translate
 from broker_gateway.pulsar.producers import ProducerCache
 from broker_gateway.pulsar.queues import config as subscriptions
 from broker_gateway.pulsar.queues.config import SubscriptionConfig
@@ -79,21 +78,12 @@ class Settled:
 def _on_topic(
     method: Callable[Concatenate["QueueService", TopicName, P], Awaitable[T]],
 ) -> Callable[Concatenate["QueueService", TopicName, P], Coroutine[Any, Any, T]]:
-    """Pulsar's errors as the gateway's; a missing topic narrowed down to the tenant or
-    namespace that is missing."""
+    """The method with Pulsar's errors as the gateway's (see errors.on_topic)."""
 
     async def translated(
         self: "QueueService", topic: TopicName, /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        try:
-            return await method(self, topic, *args, **kwargs)
-        except PULSAR_ERRORS as exc:
-            error = translate(exc)
-            if not isinstance(error, TopicNotFound):
-                raise error from exc
-        except TopicNotFound:
-            pass
-        raise await self._admin.explain_missing(topic)
+        return await on_topic(self._admin, topic, lambda: method(self, topic, *args, **kwargs))
 
     return translated
 
