@@ -12,7 +12,7 @@ EAST := PULSAR_CLUSTER=east
 WEST := PULSAR_CLUSTER=west PULSAR_BROKER_PORT=6660 PULSAR_WEB_PORT=8090 PULSAR_BOOKIE_PORT=3191
 export PULSAR_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit test-deploy images bench lint format clean
+.PHONY: help install pulsar-fetch pulsar-start pulsar-stop run test test-unit test-deploy test-faults images bench lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -96,6 +96,16 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) pulsar-fetch $(LOADGEN) ## Side-by-side benchmarks (native, gateway, Pulsar WebSocket and REST) on local east
 	@$(EAST) $(PULSAR) start
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+TOXIPROXY := .tools/bin/toxiproxy-server
+
+$(TOXIPROXY):
+	@mkdir -p $(@D)
+	GOBIN=$(abspath .tools/toxiproxy) go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
+	mv .tools/toxiproxy/server $@
+
+test-faults: $(STAMP) pulsar-fetch $(TOXIPROXY) $(LOADGEN) ## Kill the broker, stop replicas, break the network, overload; check the whole history
+	$(BIN)/pytest tests/faults
 
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check broker_gateway tests bench

@@ -32,7 +32,7 @@ from broker_gateway.errors import (
     problem_body,
     problem_for,
 )
-from broker_gateway.limits import BodySizeLimit, StreamSlots, TenantLimits
+from broker_gateway.limits import BodySizeLimit, InFlightLimit, StreamSlots, TenantLimits
 from broker_gateway.metrics import Metrics
 from broker_gateway.pulsar.service import PulsarService
 from broker_gateway.settings import Settings
@@ -59,7 +59,9 @@ receipts only work on the topic (and subscription) they were made for.
 
 **Limits.** Bodies over the size limit and publishes of too many messages are 413
 `payload_too_large`; a tenant over its request or byte rate, or a principal over its
-number of open streams, gets 429 `rate_limited` with `Retry-After`. `wait_ms` above the
+number of open streams, gets 429 `rate_limited` with `Retry-After`. A replica holding as
+many requests as it may (`GATEWAY_MAX_IN_FLIGHT`) answers 503 `overloaded` with
+`Retry-After` rather than queue without bound. `wait_ms` above the
 maximum is lowered to it. `/livez`, `/readyz`, `/metrics` and the docs need no token.
 """
 
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app, respond)
     _install_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, respond=respond)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, respond=respond)
     app.add_middleware(_RequestMetrics, metrics=metrics, respond=respond)
     return app
 

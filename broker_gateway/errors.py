@@ -106,6 +106,12 @@ class ShuttingDown(GatewayError):
     retryable = True
 
 
+class Overloaded(GatewayError):
+    """This replica has as many requests in hand as it may hold: retry, here or elsewhere."""
+
+    retryable = True
+
+
 class Conflict(BrokerError):
     """Pulsar's admin API answered 409: the resource exists already (or is in use)."""
 
@@ -156,6 +162,7 @@ PROBLEMS: dict[type[GatewayError], ProblemType] = {
     SubscriptionNotFound: ProblemType(404, "subscription_not_found", "Subscription not found"),
     BrokerUnavailable: ProblemType(503, "broker_unavailable", "Broker unavailable"),
     ShuttingDown: ProblemType(503, "shutting_down", "Shutting down"),
+    Overloaded: ProblemType(503, "overloaded", "Overloaded"),
     BrokerTimeout: ProblemType(504, "broker_timeout", "Broker timeout"),
     BrokerError: ProblemType(502, "broker_error", "Broker error"),
     ApplyFailed: ProblemType(502, "apply_failed", "Apply failed"),

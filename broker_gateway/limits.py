@@ -1,4 +1,5 @@
-"""Limits that keep one client from exhausting the gateway: body size, rates, streams."""
+"""Limits that keep clients from exhausting the gateway: body size, requests in hand, rates,
+streams."""
 
 import math
 import time
@@ -9,7 +10,7 @@ from contextlib import contextmanager
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker_gateway.errors import GatewayError, PayloadTooLarge, RateLimited
+from broker_gateway.errors import GatewayError, Overloaded, PayloadTooLarge, RateLimited
 from broker_gateway.settings import Settings
 
 
@@ -51,6 +52,43 @@ class BodySizeLimit:
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the body is larger than {self.max_bytes} bytes")
+
+
+class InFlightLimit:
+    """503 `overloaded` (Retry-After 1) for a request beyond `limit` in hand at once.
+
+    Load beyond what the replica serves is refused at once instead of queueing without
+    bound in memory. Health checks and metrics are never refused; live streams are bounded
+    per principal instead (StreamSlots), since each holds its slot for as long as it runs.
+    Long polls count while they wait.
+    """
+
+    EXEMPT = frozenset({"/livez", "/readyz", "/metrics"})
+
+    def __init__(
+        self, app: ASGIApp, limit: int, respond: Callable[[GatewayError], Response]
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.respond = respond
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.EXEMPT or path.endswith("/stream"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            error = Overloaded(
+                f"this replica is serving its limit of {self.limit} requests", retry_after_s=1
+            )
+            await self.respond(error)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class TokenBucket:

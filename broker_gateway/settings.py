@@ -17,6 +17,11 @@ class Cluster(BaseModel):
         description="JWT the gateway presents to this cluster when Pulsar runs with token "
         "authentication; also handed to peers' replicators when manifests register it.",
     )
+    listener_name: str | None = Field(
+        default=None,
+        description="The broker listener (Pulsar's advertisedListeners) to connect through, "
+        "when brokers advertise other addresses to other networks.",
+    )
 
     @field_validator("service_url")
     @classmethod
@@ -92,6 +97,8 @@ class Settings(BaseSettings):
     # Live streams one principal may hold open at once, per replica.
     max_streams_per_principal: int = Field(default=16, ge=1)
 
+    # Requests one replica holds at once (live streams aside); beyond it: 503 `overloaded`.
+    max_in_flight: int = Field(default=512, ge=1)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_messages_per_request: int = Field(default=1000, ge=1)
     max_read_limit: int = Field(default=1000, ge=1)

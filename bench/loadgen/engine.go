@@ -18,6 +18,9 @@ type outcome struct {
 	errs  int   // failed requests, plus failed messages inside partially successful responses
 	err   error // the error text behind errs (first one kept)
 	noLat bool  // do not record a latency sample (e.g. an empty pull)
+	// status is the HTTP status of an HTTP operation ("000" when no answer came); empty
+	// for other operations.
+	status string
 }
 
 // recorder accumulates counters and latency samples; safe for concurrent use.
@@ -32,6 +35,7 @@ type recorder struct {
 	ops      int64
 	firstErr string
 	lat      []float64
+	statuses map[string]int64
 	last     time.Time // completion time of the last counted operation
 	reached  chan struct{}
 }
@@ -53,6 +57,12 @@ func (r *recorder) add(o outcome, latency time.Duration, withLat bool, end time.
 	r.bytes += o.bytes
 	r.reqs += int64(o.reqs)
 	r.errs += int64(o.errs)
+	if o.status != "" {
+		if r.statuses == nil {
+			r.statuses = map[string]int64{}
+		}
+		r.statuses[o.status]++
+	}
 	if o.err != nil && r.firstErr == "" {
 		r.firstErr = o.err.Error()
 	}
@@ -111,6 +121,7 @@ func (r *recorder) result(path string, seconds float64, withLatency bool) *Resul
 		Errors:     r.errs,
 		Seconds:    round(seconds, 6),
 		FirstError: r.firstErr,
+		Statuses:   r.statuses,
 	}
 	if seconds > 0 {
 		res.MsgsPerS = round(float64(r.msgs)/seconds, 3)

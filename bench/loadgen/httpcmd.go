@@ -94,6 +94,14 @@ func statusErr(method, u string, status int, body []byte) error {
 
 func is2xx(status int) bool { return status >= 200 && status < 300 }
 
+// withStatus stamps every outcome reported through done with the HTTP status code.
+func withStatus(done func(outcome), code string) func(outcome) {
+	return func(o outcome) {
+		o.status = code
+		done(o)
+	}
+}
+
 // ---------------------------------------------------------------------------------------
 // http-publish
 
@@ -114,6 +122,8 @@ func (t *httpPublishTarget) blocking() bool { return true }
 
 func (t *httpPublishTarget) issue(_ int, done func(outcome)) {
 	status, body, err := do(t.client, t.h, http.MethodPost, t.h.url, t.contentType, t.body)
+	code := fmt.Sprintf("%03d", status)
+	done = withStatus(done, code)
 	if err != nil {
 		done(outcome{reqs: 1, errs: 1, err: err})
 		return

@@ -101,6 +101,8 @@ type Result struct {
 	MBPerS     float64 `json:"mb_per_s"`
 	LatencyMS  Latency `json:"latency_ms"`
 	FirstError string  `json:"first_error"`
+	// Statuses counts HTTP operations by status code ("000": no answer); HTTP commands only.
+	Statuses map[string]int64 `json:"statuses,omitempty"`
 }
 
 func round(v float64, digits int) float64 {

@@ -50,6 +50,7 @@ class PulsarService:
             operation_timeout_seconds=int(settings.pulsar_operation_timeout_s),
             connection_timeout_ms=int(settings.pulsar_connect_timeout_s * 1000),
             io_threads=settings.pulsar_io_threads,
+            listener_name=cluster.listener_name,
             # Filtered in C++: a Python logger costs the GIL on every one of the client's
             # log calls, its per-message debug lines included (a fifth of publish CPU).
             logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),

@@ -22,9 +22,9 @@ from tests.integration.conftest import (
     GATEWAY_SECRET,
     ROOT,
     PulsarCluster,
-    _free_port,
     bearer,
     clusters_setting,
+    free_port,
     pulsar_cluster,
 )
 
@@ -119,7 +119,7 @@ def start_gateway(gateway_image: str, pulsar_cluster: PulsarCluster) -> Iterator
 
     def start(receipt_secret: str = "deploy-tests-receipt-secret", **settings: str) -> Container:
         name = f"bg-test-{uuid.uuid4().hex[:8]}"
-        port = _free_port()
+        port = free_port()
         environment = {
             "GATEWAY_PORT": str(port),
             "GATEWAY_CLUSTERS": clusters_setting(pulsar_cluster),

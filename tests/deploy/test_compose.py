@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.deploy.conftest import compose_command, docker
-from tests.integration.conftest import ROOT, _free_port, bearer, token
+from tests.integration.conftest import ROOT, bearer, free_port, token
 
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 SECRET = "compose-tests-hs256-secret-of-32-or-more-characters"
@@ -61,7 +61,7 @@ def healthy(container: str) -> bool:
 def stack(gateway_image: str, pulsar_image: str) -> Iterator[Stack]:
     """`compose up` with the test images; `compose down --volumes` afterwards."""
     project = f"bgtest{uuid.uuid4().hex[:8]}"
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     env = {
         **os.environ,
         "GATEWAY_IMAGE": gateway_image,

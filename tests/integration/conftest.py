@@ -64,6 +64,8 @@ class PulsarCluster:
     # The gateway's token for this cluster (in GATEWAY_CLUSTERS) and the tests' own.
     token: str
     admin_token: str
+    # The broker listener the gateway connects through, where the broker advertises several.
+    listener_name: str | None = None
 
     def admin_client(self) -> httpx.Client:
         """Pulsar's admin REST API (/admin/v2) with the tests' own token."""
@@ -168,42 +170,66 @@ def _empty_data_dir(data_dir: Path) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _local_cluster(name: str) -> Iterator[PulsarCluster]:
-    """A local Pulsar standalone named `name` with token authentication, started on an
-    empty data directory unless it is running already."""
-    data_dir = ROOT / "local" / "data" / f"test-{name}"
-    admin_token = pulsar_token(PULSAR_ADMIN_ROLE, name)
-    env = {
-        **os.environ,
-        **TEST_CLUSTERS[name],
-        "PULSAR_CLUSTER": name,
-        "PULSAR_DATA_DIR": str(data_dir),
-        "PULSAR_CONF_EXTRA": str(data_dir / "auth.conf"),
-        "PULSAR_AUTH_TOKEN": admin_token,
-        "PULSAR_PYTHON": sys.executable,
-    }
+class LocalPulsar:
+    """A local Pulsar standalone named `name`, run by local/pulsar with token authentication
+    and authorization, on its own ports and data directory (local/data/test-{name})."""
 
-    def pulsar(command: str) -> int:
-        return subprocess.run([str(PULSAR_SCRIPT), command], env=env, check=False).returncode
-
-    already_running = pulsar("status") == 0
-    if not already_running:
-        _empty_data_dir(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / "auth.conf").write_text(_auth_properties(name))
-        if pulsar("start") != 0:
-            pytest.fail(f"the local Pulsar {name} did not start; see {data_dir}/pulsar.log")
-    try:
-        yield PulsarCluster(
+    def __init__(self, name: str, ports: dict[str, str], extra_properties: str = "") -> None:
+        self.name = name
+        self.data_dir = ROOT / "local" / "data" / f"test-{name}"
+        self.admin_token = pulsar_token(PULSAR_ADMIN_ROLE, name)
+        self.extra_properties = extra_properties
+        self.env = {
+            **os.environ,
+            **ports,
+            "PULSAR_CLUSTER": name,
+            "PULSAR_DATA_DIR": str(self.data_dir),
+            "PULSAR_CONF_EXTRA": str(self.data_dir / "auth.conf"),
+            "PULSAR_AUTH_TOKEN": self.admin_token,
+            "PULSAR_PYTHON": sys.executable,
+        }
+        self.cluster = PulsarCluster(
             name,
-            f"pulsar://127.0.0.1:{env['PULSAR_BROKER_PORT']}",
-            f"http://127.0.0.1:{env['PULSAR_WEB_PORT']}",
+            f"pulsar://127.0.0.1:{ports['PULSAR_BROKER_PORT']}",
+            f"http://127.0.0.1:{ports['PULSAR_WEB_PORT']}",
             token=pulsar_token(PULSAR_GATEWAY_ROLE, name),
-            admin_token=admin_token,
+            admin_token=self.admin_token,
         )
+
+    def command(self, command: str) -> int:
+        """`local/pulsar <command>` for this cluster: start, stop, status, run."""
+        return subprocess.run([str(PULSAR_SCRIPT), command], env=self.env, check=False).returncode
+
+    def start_empty(self) -> None:
+        """Start on an empty data directory."""
+        _empty_data_dir(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        properties = _auth_properties(self.name) + self.extra_properties
+        (self.data_dir / "auth.conf").write_text(properties)
+        self.start()
+
+    def start(self) -> None:
+        """Start on the data directory as it is, and wait until it serves."""
+        if self.command("start") != 0:
+            log = self.data_dir / "pulsar.log"
+            pytest.fail(f"the local Pulsar {self.name} did not start; see {log}")
+
+    def pid(self) -> int:
+        return int((self.data_dir / "pulsar.pid").read_text())
+
+
+def _local_cluster(name: str) -> Iterator[PulsarCluster]:
+    """A local test cluster, started on an empty data directory unless it is running
+    already (then it is reused and left running)."""
+    pulsar = LocalPulsar(name, TEST_CLUSTERS[name])
+    already_running = pulsar.command("status") == 0
+    if not already_running:
+        pulsar.start_empty()
+    try:
+        yield pulsar.cluster
     finally:
         if not already_running:
-            pulsar("stop")
+            pulsar.command("stop")
 
 
 @pytest.fixture(scope="session")
@@ -218,7 +244,7 @@ def west_cluster() -> Iterator[PulsarCluster]:
     yield from _local_cluster("west")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -234,6 +260,7 @@ def clusters_setting(*clusters: PulsarCluster) -> str:
                 "service_url": c.service_url,
                 "admin_url": c.admin_url,
                 "token": c.token,
+                "listener_name": c.listener_name,
             }
             for c in clusters
         ]
@@ -241,13 +268,18 @@ def clusters_setting(*clusters: PulsarCluster) -> str:
 
 
 def start_gateway(
-    cluster: PulsarCluster, *peers: PulsarCluster, log: Path | None = None, **settings: str
+    cluster: PulsarCluster,
+    *peers: PulsarCluster,
+    log: Path | None = None,
+    port: int | None = None,
+    **settings: str,
 ) -> Gateway:
-    """A `broker-gateway serve` process on a free port, ready to serve.
+    """A `broker-gateway serve` process on `port` (or a free one), ready to serve.
 
-    It publishes and reads on `cluster`; manifests may also use `peers`.
+    It publishes and reads on `cluster`; manifests may also use `peers`. Its output goes
+    to `log` (appended) when given.
     """
-    port = _free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         "GATEWAY_PORT": str(port),
@@ -255,7 +287,7 @@ def start_gateway(
         "GATEWAY_AUTH_HS256_SECRET": GATEWAY_SECRET,
         **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
     }
-    output = None if log is None else log.open("wb")  # its stdout and stderr, when asked
+    output = None if log is None else log.open("ab")  # its stdout and stderr, when asked
     process = subprocess.Popen(
         [sys.executable, "-m", "broker_gateway", "serve"],
         env=env,

@@ -3,6 +3,7 @@
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -168,3 +169,30 @@ def check_stream_slots(gateway: Gateway) -> None:
                 assert_problem(again, 429, "rate_limited")
             assert time.monotonic() < deadline, "the closed streams kept their slots"
             time.sleep(0.1)
+
+
+def test_a_replica_at_its_in_flight_limit_answers_503_overloaded_but_stays_healthy(
+    pulsar_cluster: PulsarCluster, topic: str
+) -> None:
+    gateway = start_gateway(pulsar_cluster, max_in_flight="2")
+    read = f"/v1/topics/{topic}/messages"
+    try:
+        with gateway.client() as one, gateway.client() as two, gateway.client() as three:
+            waiting = [
+                one.build_request("GET", read, params={"wait_ms": 3000}),
+                two.build_request("GET", read, params={"wait_ms": 3000}),
+            ]
+            with ThreadPoolExecutor(2) as pool:
+                polls = [pool.submit(c.send, r) for c, r in zip((one, two), waiting, strict=True)]
+                time.sleep(1)  # both long polls are in hand now
+                refused = three.get(read)
+                health = [three.get(p).status_code for p in ("/livez", "/readyz", "/metrics")]
+                answered = [p.result().status_code for p in polls]
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "overloaded"
+            assert refused.headers["retry-after"] == "1"
+            assert health == [200, 200, 200]
+            assert answered == [200, 200]
+            assert three.get(read).status_code == 200  # the slots are free again
+    finally:
+        stop_gateway(gateway)

@@ -1,0 +1,162 @@
+"""Overload: twice the publish rate a replica serves, and live-stream readers that stop
+reading. Excess load is refused (503 `overloaded`, 429), never queued without bound, and
+the replica's memory stays within IDLE + RSS_BOUND_MB."""
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulsar
+
+from tests.faults.conftest import FaultyPulsar, Replica, Replicas, ReplicasFactory, report
+from tests.faults.history import Findings
+from tests.integration.conftest import ROOT, token
+
+LOADGEN = ROOT / "bench" / "loadgen" / "loadgen"
+RSS_BOUND_MB = 100  # the README's bound: a replica's RSS over its idle RSS
+SHED = {"503", "429"}
+
+
+class RssWatch:
+    """A replica's resident memory, sampled every 100 ms while the block runs."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def __enter__(self) -> "RssWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.samples.append(self.replica.rss_mb())
+
+    @property
+    def peak(self) -> float:
+        return max(self.samples)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What bench/loadgen reports of a publish run."""
+
+    msgs_per_s: float
+    requests: int
+    statuses: Counter[str]
+
+
+def _loadgen(url: str, *flags: str) -> Published:
+    assert LOADGEN.exists(), f"{LOADGEN} is missing: `make test-faults` builds it"
+    completed = subprocess.run(
+        [str(LOADGEN), "http-publish", "-url", url, "-token", token(), *flags],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    result = json.loads(completed.stdout)
+    return Published(result["msgs_per_s"], result["requests"], Counter(result["statuses"]))
+
+
+def _idle_rss(replica: Replica, url: str) -> float:
+    """RSS once the replica has served some load (its producer and buffers exist)."""
+    _loadgen(url, "-concurrency", "8", "-duration", "3s", "-warmup", "1s")
+    time.sleep(1)
+    return replica.rss_mb()
+
+
+def test_twice_the_load_a_replica_serves_is_shed_with_bounded_memory(
+    faulty_pulsar: FaultyPulsar, namespace: str, replicas_factory: ReplicasFactory, tmp_path: Path
+) -> None:
+    # No tenant rate limit: the replica itself is what is overloaded.
+    replicas: Replicas = replicas_factory(faulty_pulsar.proxied, count=1, tenant_requests_per_s="0")
+    [replica] = replicas.all
+    url = f"{replica.endpoint.url}/v1/topics/{namespace}/load-{uuid.uuid4().hex[:6]}/messages"
+    idle = _idle_rss(replica, url)
+    capacity = _loadgen(url, "-concurrency", "32", "-duration", "5s", "-warmup", "1s")
+    served = capacity.msgs_per_s
+    assert capacity.statuses == {"200": capacity.requests}, capacity
+    with RssWatch(replica) as rss:
+        overload = _loadgen(
+            url,
+            *("-rate", str(round(2 * served)), "-duration", "10s", "-warmup", "0s"),
+            *("-max-inflight", "2000", "-concurrency", "64", "-timeout", "30s"),
+        )
+    statuses = overload.statuses
+    findings = Findings(requests=sum(statuses.values()), acknowledged=statuses["200"])
+    findings.fault_answers = sum(n for s, n in statuses.items() if s in SHED)
+    findings.bad_errors = [f"{s}: {n}" for s, n in statuses.items() if s not in SHED | {"200"}]
+    goodput = overload.msgs_per_s / served
+    report(
+        "overload (2x the publish rate served)",
+        1,
+        findings,
+        notes=(
+            f"{served:.0f} msgs/s served, {2 * served:.0f}/s offered for 10 s; "
+            f"{goodput:.2f} of capacity still served; {dict(statuses)}; RSS {idle:.0f} MB idle, "
+            f"peak {rss.peak:.0f} MB (+{rss.peak - idle:.0f})"
+        ),
+    )
+    assert findings.bad_errors == []
+    assert findings.fault_answers > 0, "twice the load it serves, and nothing was refused"
+    assert rss.peak - idle < RSS_BOUND_MB, (idle, rss.peak)
+    assert replicas.tracebacks() == []
+
+
+def test_live_stream_readers_that_stop_reading_do_not_grow_memory(
+    faulty_pulsar: FaultyPulsar, namespace: str, replicas_factory: ReplicasFactory
+) -> None:
+    replicas: Replicas = replicas_factory(faulty_pulsar.proxied, count=1)
+    [replica] = replicas.all
+    topic = f"{namespace}/wide-{uuid.uuid4().hex[:6]}"
+    messages, size, readers = 3000, 8 * 1024, 8  # 24 MB each reader would have to hold
+    client = pulsar.Client(
+        faulty_pulsar.direct.service_url, authentication=faulty_pulsar.direct.authentication()
+    )
+    try:
+        producer = client.create_producer(f"persistent://{topic}", batching_enabled=True)
+        payload = bytes(size)
+        for _ in range(messages):
+            producer.send_async(payload, None)
+        producer.flush()
+    finally:
+        client.close()
+    idle = replica.rss_mb()
+    stalled = []
+    with RssWatch(replica) as rss:
+        for _ in range(readers):
+            # A reader that asks for the stream from the start, then never reads.
+            s = socket.create_connection(("127.0.0.1", replica.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(
+                f"GET /v1/topics/{topic}/stream?position=earliest HTTP/1.1\r\n"
+                f"Host: gateway\r\nAuthorization: Bearer {token()}\r\n\r\n".encode()
+            )
+            stalled.append(s)
+        time.sleep(10)
+        for s in stalled:
+            s.close()
+        time.sleep(2)
+    report(
+        "slow live-stream readers",
+        readers,
+        Findings(requests=readers),
+        notes=(
+            f"{readers} readers stop reading a {messages * size // 2**20} MB backlog: RSS "
+            f"{idle:.0f} MB idle, peak {rss.peak:.0f} MB (+{rss.peak - idle:.0f})"
+        ),
+    )
+    assert rss.peak - idle < RSS_BOUND_MB, (idle, rss.peak)
+    assert replicas.tracebacks() == []
