@@ -42,6 +42,12 @@ class IdempotencyKeyReused(InvalidRequest):
     """An Idempotency-Key came back with a different request."""
 
 
+class IdempotencyKeyInUse(GatewayError):
+    """An earlier request with this Idempotency-Key may still be publishing."""
+
+    retryable = True
+
+
 class InvalidManifest(InvalidRequest):
     """A manifest set is malformed or asks for what Pulsar cannot do; nothing was changed."""
 
@@ -150,6 +156,7 @@ PROBLEMS: dict[type[GatewayError], ProblemType] = {
     RateLimited: ProblemType(429, "rate_limited", "Too many requests"),
     InvalidRequest: ProblemType(422, "invalid_request", "Invalid request"),
     IdempotencyKeyReused: ProblemType(422, "idempotency_key_reused", "Idempotency-Key reused"),
+    IdempotencyKeyInUse: ProblemType(409, "idempotency_key_in_use", "Idempotency-Key in use"),
     InvalidManifest: ProblemType(422, "invalid_manifest", "Invalid manifest"),
     DestructiveChangeRefused: ProblemType(
         409, "destructive_change_refused", "Destructive change refused"

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     clusters: list[Cluster] = Field(default_factory=_local_clusters, min_length=1)
     pulsar_operation_timeout_s: float = Field(default=10.0, gt=0)
     pulsar_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # A message not persisted this long after it was sent fails (504): across a broker
+    # restart it waits, and is sent again on the new connection, up to this long.
+    pulsar_send_timeout_s: float = Field(default=15.0, gt=0)
     pulsar_io_threads: int = Field(default=1, ge=1)
     # How long a request may wait on the broker before 503/504, and what Retry-After says.
     broker_retry_after_s: int = Field(default=5, ge=1)

@@ -11,7 +11,7 @@ from starlette.datastructures import Headers
 
 from broker_gateway.api.bodies import media_type, validated
 from broker_gateway.api.deps import AppServices, PublishTopic
-from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema
+from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema, problems
 from broker_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, problem_for
 from broker_gateway.pulsar.codecs import parse_time
 from broker_gateway.pulsar.idempotency import Answer
@@ -146,6 +146,7 @@ _REQUEST_BODY: dict[str, Any] = {
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
         200: {"model": PublishResponse, "description": "Every message is persisted."},
+        **problems(409),
         207: {"model": PublishResponse, "description": "Some messages failed; see `error`."},
     },
 )
@@ -160,7 +161,11 @@ async def publish(
             min_length=1,
             max_length=255,
             description="A retry with the same key and body returns the first answer and "
-            "stores nothing twice, on any replica, for GATEWAY_IDEMPOTENCY_TTL_S.",
+            "stores nothing twice, on any replica, for GATEWAY_IDEMPOTENCY_TTL_S, even after "
+            "the replica that served the first attempt died mid-request. While that attempt "
+            "may still be publishing: 409 `idempotency_key_in_use` with Retry-After. "
+            "Messages published under a key carry the property "
+            "`broker-gateway-idempotency`.",
         ),
     ] = None,
 ) -> JSON:
@@ -174,20 +179,24 @@ async def publish(
     producer, messages = _parse(request.headers, body, services.settings)
     services.limits.published(topic.tenant, len(body))
 
-    async def run() -> Answer:
-        outcomes = await services.pulsar.publish(topic, messages, producer)
+    async def send(batch: list[OutgoingMessage]) -> list[Outcome]:
+        outcomes = await services.pulsar.publish(topic, batch, producer)
         failed = sum(isinstance(o, GatewayError) for o in outcomes)
         services.metrics.published.labels("persisted").inc(len(outcomes) - failed)
         services.metrics.published.labels("failed").inc(failed)
-        return _answer(outcomes)
+        return outcomes
 
     if idempotency_key is None:
-        answer = await run()
+        answer = _answer(await send(messages))
         replayed = False
     else:
-        fingerprint = _fingerprint(request.headers, body)
         answer, replayed = await services.pulsar.idempotency.answer(
-            topic, idempotency_key, fingerprint, run
+            topic,
+            idempotency_key,
+            request_fingerprint(request.headers, body),
+            messages,
+            send,
+            _answer,
         )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return JSON(answer.body, status_code=answer.status, headers=headers)
@@ -231,7 +240,7 @@ def _raw_message(headers: Headers, body: bytes) -> OutgoingMessage:
     )
 
 
-def _fingerprint(headers: Headers, body: bytes) -> str:
+def request_fingerprint(headers: Headers, body: bytes) -> str:
     """What makes two requests the same: the body and every header that shapes a message."""
     digest = hashlib.sha256(body)
     for name, value in sorted(headers.items()):

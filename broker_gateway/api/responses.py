@@ -34,12 +34,15 @@ _MEANINGS = {
     401: "No valid token (`unauthenticated`).",
     403: "The token lacks the tenant or scope (`forbidden`).",
     404: "The tenant, namespace, topic or subscription does not exist.",
-    409: "A conflict, e.g. destructive changes without `allow_destructive`.",
+    409: "A conflict: destructive changes without `allow_destructive`, or an "
+    "Idempotency-Key whose earlier request may still be publishing "
+    "(`idempotency_key_in_use`, see Retry-After).",
     413: "The body or the number of messages is over the limit (`payload_too_large`).",
     422: "The request is malformed (`invalid_request`, `invalid_manifest`, ...).",
     429: "Over a rate or stream limit (`rate_limited`); see Retry-After.",
     502: "Pulsar refused an operation (`broker_error`, `apply_failed`).",
-    503: "Pulsar is unavailable (`broker_unavailable`); see Retry-After.",
+    503: "Pulsar is unavailable (`broker_unavailable`), the replica is shutting down "
+    "(`shutting_down`) or at its limit of requests in hand (`overloaded`); see Retry-After.",
     504: "Pulsar did not answer in time (`broker_timeout`).",
 }
 _SCHEMA = Problem.model_json_schema()

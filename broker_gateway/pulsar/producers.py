@@ -39,9 +39,15 @@ class ProducerCache:
     """Producers keyed by (topic, name). Concurrent sends to one topic share its batches."""
 
     def __init__(
-        self, client: pulsar.asyncio.Client, idle_timeout_s: float, named_idle_timeout_s: float
+        self,
+        client: pulsar.asyncio.Client,
+        idle_timeout_s: float,
+        named_idle_timeout_s: float,
+        *,
+        send_timeout_s: float,
     ) -> None:
         self._client = client
+        self._send_timeout_ms = int(send_timeout_s * 1000)
         self._idle_timeout_s = idle_timeout_s
         # A named producer is exclusive to one gateway replica while open: close it soon,
         # so the client's next request may be served by another replica.
@@ -80,7 +86,11 @@ class ProducerCache:
     async def _create(self, key: ProducerKey) -> _Entry:
         topic, name = key
         producer = await self._client.create_producer(
-            topic, producer_name=name, block_if_queue_full=False, **PRODUCER_OPTIONS
+            topic,
+            producer_name=name,
+            block_if_queue_full=False,
+            send_timeout_millis=self._send_timeout_ms,
+            **PRODUCER_OPTIONS,
         )
         entry = _Entry(producer)
         self._entries[key] = entry

@@ -12,9 +12,9 @@ import pulsar.asyncio
 from broker_gateway.errors import GatewayError
 from broker_gateway.pulsar import errors, publishing
 from broker_gateway.pulsar.admin import PulsarAdmin
-from broker_gateway.pulsar.codecs import Start, TopicName
+from broker_gateway.pulsar.codecs import Position, Start, TopicName
 from broker_gateway.pulsar.idempotency import IdempotencyStore
-from broker_gateway.pulsar.messages import OutgoingMessage
+from broker_gateway.pulsar.messages import OutgoingMessage, position_of
 from broker_gateway.pulsar.producers import ProducerCache
 from broker_gateway.pulsar.queues import QueueService, ReceiptSigner
 from broker_gateway.pulsar.reading import Delivery, TopicReader
@@ -61,15 +61,22 @@ class PulsarService:
         }
         self.admin = self.admins[cluster.name]
         self.producers = ProducerCache(
-            self.client, settings.producer_idle_timeout_s, settings.named_producer_idle_timeout_s
+            self.client,
+            settings.producer_idle_timeout_s,
+            settings.named_producer_idle_timeout_s,
+            send_timeout_s=settings.pulsar_send_timeout_s,
         )
         self.idempotency = IdempotencyStore(
             self.client,
             self.admin,
             self.producers,
             TopicName.parse(*settings.idempotency_topic.split("/")),
+            self.find_tagged,
             ttl_s=settings.idempotency_ttl_s,
             wait_ready_s=settings.pulsar_operation_timeout_s,
+            # A message is sent within the operation timeout (its producer) and is
+            # persisted or failed within the send timeout; 5 s for the replicas' clocks.
+            in_doubt_s=settings.pulsar_operation_timeout_s + settings.pulsar_send_timeout_s + 5,
         )
 
         self.queues = QueueService(
@@ -151,6 +158,23 @@ class PulsarService:
         Raises: GatewayError.
         """
         return await self.on_topic(topic, lambda: reader.read(limit, wait_s, stop))
+
+    async def find_tagged(
+        self, topic: TopicName, since_ms: int, name: str, prefix: str
+    ) -> dict[str, Position]:
+        """The messages published to `topic` since `since_ms` whose property `name` starts
+        with `prefix`: its value -> their position. Reads up to the end of the topic.
+
+        Raises: GatewayError.
+        """
+        found: dict[str, Position] = {}
+        async with self.reader(topic, Start("time", time_ms=since_ms), queue_size=1000) as reader:
+            while batch := await self.next_batch(topic, reader, 1000, wait_s=0):
+                for delivery in batch:
+                    value = delivery.message.properties().get(name, "")
+                    if value.startswith(prefix):
+                        found.setdefault(value, position_of(delivery.message.message_id()))
+        return found
 
     @asynccontextmanager
     async def reader(

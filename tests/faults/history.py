@@ -16,8 +16,9 @@ from typing import Any
 KEYED_MODES = frozenset({"idempotent", "sequenced"})
 # What a fault may answer: unavailable or timed out, with Retry-After.
 FAULT_STATUSES = frozenset({503, 504})
-# The one 4xx the load may meet: a shed request.
-EXPECTED_4XX = frozenset({"rate_limited"})
+# The 4xx the load may meet: a shed request, and a retry under an Idempotency-Key while
+# the attempt before it (on a replica that died) may still be publishing.
+EXPECTED_4XX = frozenset({"rate_limited", "idempotency_key_in_use"})
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Findings:
     out_of_order: list[str] = field(default_factory=list)
     bad_errors: list[str] = field(default_factory=list)  # 5xx other than 503/504, or no Retry-After
     refused: int = 0  # requests with no answer (a replica that is gone)
+    answers: Counter[str] = field(default_factory=Counter)  # "operation status code"
     fault_answers: int = 0  # 503/504 answers
     recovery_s: list[float] = field(default_factory=list)  # per fault: heal to first 2xx
     # Work queue
@@ -164,6 +166,7 @@ def check_answers(history: History, findings: Findings) -> None:
     """Every answer is a success, a 4xx the load expects, or 503/504 with Retry-After."""
     findings.requests = len(history.requests)
     for r in history.requests:
+        findings.answers[f"{r.operation} {r.status or 'no answer'} {r.code or ''}".strip()] += 1
         if r.status is None:
             findings.refused += 1
         elif r.status in FAULT_STATUSES:

@@ -2,9 +2,10 @@
 
 Writers each own one key and publish its messages one after another (so their order is
 checkable), retrying a message until it is acknowledged: with an Idempotency-Key, with
-`producer` + `sequence_id`, or plainly. Workers pull the same messages from a shared
-subscription and ack them, half of the acks through another replica than the pull's. A
-poller watches /readyz. Everything goes into a History.
+`producer` + `sequence_id`, or plainly. They go round the replicas, as behind a load
+balancer, except a `producer` writer, which stays on one until it fails. Workers pull the
+same messages from a shared subscription and ack them, half of the acks through another
+replica than the pull's. A poller watches /readyz. Everything goes into a History.
 """
 
 import itertools
@@ -112,8 +113,10 @@ class Load:
                         replica = next(replicas)  # that replica is gone or going
                     if self._stop_writing.is_set():
                         return
-                    time.sleep(0.25)
+                    time.sleep(min(float(request.retry_after or 0.25), 1.0))
                 time.sleep(self.pause_s)
+                if mode != "sequenced":  # its named producer lives on one replica at a time
+                    replica = next(replicas)
 
     # --- workers ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from tests.integration.conftest import ROOT, token
 LOADGEN = ROOT / "bench" / "loadgen" / "loadgen"
 RSS_BOUND_MB = 100  # the README's bound: a replica's RSS over its idle RSS
 SHED = {"503", "429"}
+ROUNDS = 3
 
 
 class RssWatch:
@@ -88,24 +89,29 @@ def test_twice_the_load_a_replica_serves_is_shed_with_bounded_memory(
     capacity = _loadgen(url, "-concurrency", "32", "-duration", "5s", "-warmup", "1s")
     served = capacity.msgs_per_s
     assert capacity.statuses == {"200": capacity.requests}, capacity
+    statuses: Counter[str] = Counter()
+    goodput = []
     with RssWatch(replica) as rss:
-        overload = _loadgen(
-            url,
-            *("-rate", str(round(2 * served)), "-duration", "10s", "-warmup", "0s"),
-            *("-max-inflight", "2000", "-concurrency", "64", "-timeout", "30s"),
-        )
-    statuses = overload.statuses
+        for _ in range(ROUNDS):
+            overload = _loadgen(
+                url,
+                *("-rate", str(round(2 * served)), "-duration", "10s", "-warmup", "0s"),
+                *("-max-inflight", "2000", "-concurrency", "64", "-timeout", "30s"),
+            )
+            statuses += overload.statuses
+            goodput.append(overload.msgs_per_s / served)
+            time.sleep(2)
     findings = Findings(requests=sum(statuses.values()), acknowledged=statuses["200"])
     findings.fault_answers = sum(n for s, n in statuses.items() if s in SHED)
     findings.bad_errors = [f"{s}: {n}" for s, n in statuses.items() if s not in SHED | {"200"}]
-    goodput = overload.msgs_per_s / served
     report(
         "overload (2x the publish rate served)",
-        1,
+        ROUNDS,
         findings,
         notes=(
-            f"{served:.0f} msgs/s served, {2 * served:.0f}/s offered for 10 s; "
-            f"{goodput:.2f} of capacity still served; {dict(statuses)}; RSS {idle:.0f} MB idle, "
+            f"{served:.0f} msgs/s served; {2 * served:.0f}/s offered for 10 s, {ROUNDS} times: "
+            f"{min(goodput):.2f}-{max(goodput):.2f} of capacity still served, the rest "
+            f"refused at once ({dict(statuses)}); RSS {idle:.0f} MB idle, "
             f"peak {rss.peak:.0f} MB (+{rss.peak - idle:.0f})"
         ),
     )
@@ -134,28 +140,30 @@ def test_live_stream_readers_that_stop_reading_do_not_grow_memory(
     finally:
         client.close()
     idle = replica.rss_mb()
-    stalled = []
     with RssWatch(replica) as rss:
-        for _ in range(readers):
-            # A reader that asks for the stream from the start, then never reads.
-            s = socket.create_connection(("127.0.0.1", replica.port))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(
-                f"GET /v1/topics/{topic}/stream?position=earliest HTTP/1.1\r\n"
-                f"Host: gateway\r\nAuthorization: Bearer {token()}\r\n\r\n".encode()
-            )
-            stalled.append(s)
-        time.sleep(10)
-        for s in stalled:
-            s.close()
-        time.sleep(2)
+        for _ in range(ROUNDS):
+            stalled = []
+            for _ in range(readers):
+                # A reader that asks for the stream from the start, then never reads.
+                s = socket.create_connection(("127.0.0.1", replica.port))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.sendall(
+                    f"GET /v1/topics/{topic}/stream?position=earliest HTTP/1.1\r\n"
+                    f"Host: gateway\r\nAuthorization: Bearer {token()}\r\n\r\n".encode()
+                )
+                stalled.append(s)
+            time.sleep(8)
+            for s in stalled:
+                s.close()
+            time.sleep(2)
     report(
         "slow live-stream readers",
-        readers,
-        Findings(requests=readers),
+        ROUNDS,
+        Findings(requests=ROUNDS * readers),
         notes=(
-            f"{readers} readers stop reading a {messages * size // 2**20} MB backlog: RSS "
-            f"{idle:.0f} MB idle, peak {rss.peak:.0f} MB (+{rss.peak - idle:.0f})"
+            f"{readers} readers at a time, {ROUNDS} times, stop reading a "
+            f"{messages * size // 2**20} MB backlog: RSS {idle:.0f} MB idle, "
+            f"peak {rss.peak:.0f} MB (+{rss.peak - idle:.0f})"
         ),
     )
     assert rss.peak - idle < RSS_BOUND_MB, (idle, rss.peak)

@@ -8,7 +8,19 @@ import uuid
 import httpx
 import orjson
 import pulsar
+from starlette.datastructures import Headers
 
+from broker_gateway.api.publish import request_fingerprint
+from broker_gateway.pulsar.codecs import TopicName
+from broker_gateway.pulsar.idempotency import (
+    TAG_PROPERTY,
+    encode_record,
+    message_tag,
+    pending_record,
+    record_key,
+)
+from broker_gateway.pulsar.messages import position_of
+from broker_gateway.settings import Settings
 from tests.integration.conftest import PulsarCluster, bearer, start_gateway, stop_gateway
 
 
@@ -130,6 +142,78 @@ def test_idempotency_key_survives_a_gateway_restart(
     assert first.status_code == retry.status_code == 200
     assert retry.json() == first.json()
     assert len(stored) == 1
+
+
+class _DiedMidPublish:
+    """What a replica killed in the middle of a publish under an Idempotency-Key leaves
+    behind: its `pending` record, and perhaps the messages it had sent, tagged."""
+
+    def __init__(self, native: pulsar.Client, topic: str, key: str, body: bytes) -> None:
+        self.native = native
+        self.topic = topic
+        self.record_key = record_key(TopicName.parse(*topic.split("/")), key)
+        headers = Headers({"content-type": "application/json"})
+        self.fingerprint = request_fingerprint(headers, body)
+
+    def pending(self, age_s: float) -> None:
+        recorded_ms = int((time.time() - age_s) * 1000)
+        producer = self.native.create_producer(f"persistent://{Settings().idempotency_topic}")
+        payload = encode_record(pending_record(self.fingerprint, recorded_ms))
+        producer.send(payload, partition_key=self.record_key)
+        producer.close()
+
+    def persisted(self, payload: bytes, index: int) -> str:
+        producer = self.native.create_producer(f"persistent://{self.topic}")
+        message_id = producer.send(
+            payload, properties={TAG_PROPERTY: message_tag(self.record_key, index)}
+        )
+        producer.close()
+        return str(position_of(message_id))
+
+
+def test_a_retry_after_a_replica_died_mid_publish_returns_what_it_persisted_and_adds_no_copy(
+    http: httpx.Client, native: pulsar.Client, topic: str
+) -> None:
+    key = str(uuid.uuid4())
+    body = orjson.dumps({"messages": [{"value": "first"}, {"value": "second"}]})
+    died = _DiedMidPublish(native, topic, key, body)
+    died.pending(age_s=120)  # long enough ago that it can no longer complete
+    first_id = died.persisted(b'"first"', 0)  # the broker had the first, not the second
+
+    retry = http.post(
+        f"/v1/topics/{topic}/messages",
+        content=body,
+        headers={"Idempotency-Key": key, "content-type": "application/json"},
+    )
+    assert retry.status_code == 200, retry.text
+    results = retry.json()["results"]
+    assert results[0] == {"index": 0, "message_id": first_id}
+    assert [m["value"] for m in read_all(http, topic)] == ["first", "second"]
+    again = http.post(
+        f"/v1/topics/{topic}/messages",
+        content=body,
+        headers={"Idempotency-Key": key, "content-type": "application/json"},
+    )
+    assert again.json() == retry.json()
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_a_retry_while_the_first_attempt_may_still_complete_is_409_with_retry_after(
+    http: httpx.Client, native: pulsar.Client, topic: str
+) -> None:
+    key = str(uuid.uuid4())
+    body = orjson.dumps({"messages": [{"value": "once"}]})
+    native.create_producer(f"persistent://{topic}").close()  # the topic, empty
+    _DiedMidPublish(native, topic, key, body).pending(age_s=0)
+    retry = http.post(
+        f"/v1/topics/{topic}/messages",
+        content=body,
+        headers={"Idempotency-Key": key, "content-type": "application/json"},
+    )
+    assert retry.status_code == 409, retry.text
+    assert retry.json()["code"] == "idempotency_key_in_use"
+    assert 1 <= int(retry.headers["retry-after"]) <= 60
+    assert read_all(http, topic) == []
 
 
 def test_idempotency_key_reused_with_another_body_is_rejected(
