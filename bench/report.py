@@ -1,4 +1,4 @@
-"""The benchmark's report: ratios, the targets of issue 7, a table and a chart."""
+"""The benchmark's report: ratios, the targets of issue 15, a table and a chart."""
 
 from pathlib import Path
 from typing import Any
@@ -60,13 +60,16 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 
 TARGETS = [
-    ("gateway batched / native", ">=", 0.8),
-    ("gateway single / pulsar websocket", ">=", 1.0),
-    ("gateway single / pulsar rest", ">=", 2.0),
+    ("gateway batched / native", ">=", 0.4),
+    ("gateway batched / python client", ">=", 1.5),
+    ("gateway single / pulsar websocket", ">=", 0.5),
+    ("gateway single / pulsar rest", ">=", 3.0),
     ("added p50 ms (gateway single - native)", "<=", 1.0),
-    ("added p99 ms (gateway single - native)", "<=", 5.0),
-    ("gateway pull 10 / native", ">=", 0.7),
-    ("gateway pull 100 / native", ">=", 0.7),
+    ("added p99 ms (gateway single - native)", "<=", 10.0),
+    ("gateway pull 100 / native", ">=", 0.4),
+    ("gateway pull 10 / native", ">=", 0.15),
+    ("gateway read / native", ">=", 0.3),
+    ("gateway sse / native", ">=", 0.3),
 ]
 
 
@@ -91,7 +94,7 @@ def targets(measured: dict[str, Any]) -> list[dict[str, Any]]:
 
 def table(results: dict[str, Any], measured: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     lines = []
-    row = "{:<34} {:>12} {:>9} {:>9} {:>9} {:>9}"
+    row = "{:<34} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>22}"
     for section in ("publish", "latency", "work_queue", "replay"):
         for payload, paths in results[section].items():
             title = f"{section.replace('_', ' ')} {payload} B"
@@ -100,19 +103,36 @@ def table(results: dict[str, Any], measured: dict[str, Any], checks: list[dict[s
             lines += [
                 "",
                 title,
-                row.format("path", "msgs/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms"),
+                row.format(
+                    "path",
+                    "msgs/s",
+                    "MB/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "p99.9 ms",
+                    "gw us/req",
+                    "gw us/msg",
+                    "cpu s gw/broker/load",
+                ),
             ]
             for path, r in paths.items():
                 if path == "offered_per_s":
                     continue
                 latency = r.get("latency_ms") or {}
                 cells = [latency.get(k) for k in ("p50", "p99", "p999")]
+                through_gateway = path.startswith("gateway")
+                cpu = r.get("cpu_s") or {}
                 lines.append(
                     row.format(
                         path,
                         f"{r['msgs_per_s']:.0f}",
                         f"{r['mb_per_s']:.2f}",
                         *(f"{c:.2f}" if latency.get("count") else "-" for c in cells),
+                        r.get("gateway_us_per_request", "-") if through_gateway else "-",
+                        r.get("gateway_us_per_message", "-") if through_gateway else "-",
+                        "/".join(f"{cpu[k]:.1f}" for k in ("gateway", "broker", "loadgen"))
+                        if cpu
+                        else "-",
                     )
                     + (f"   errors: {r['errors']}" if r.get("errors") else "")
                 )

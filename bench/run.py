@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -52,21 +53,55 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_json(*command: str) -> Result:
-    """Run a measuring program; its result is the JSON it prints."""
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:2])} failed: {done.stderr[-2000:]}")
-    result: Result = json.loads(done.stdout)
-    return result
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def run_loadgen(subcommand: str, *args: str) -> Result:
-    return run_json(str(LOADGEN), subcommand, *args)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a gateway's worker processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return found
+
+
+class CpuMeter:
+    """CPU seconds spent by the broker and by the gateway (all its processes)."""
+
+    def __init__(self, broker_pid: int, gateway_pid: int) -> None:
+        self.broker_pid = broker_pid
+        self.gateway_pids = [gateway_pid, *children(gateway_pid)]
+
+    def snapshot(self, loadgen_pid: int) -> dict[str, float]:
+        return {
+            "broker": cpu_seconds(self.broker_pid),
+            "gateway": sum(cpu_seconds(pid) for pid in self.gateway_pids),
+            "loadgen": cpu_seconds(loadgen_pid),
+        }
+
+
+def per_request(result: Result, cpu: dict[str, float]) -> None:
+    """Record the CPU a run cost, and the gateway's per request and per message."""
+    result["cpu_s"] = {k: round(v, 3) for k, v in cpu.items()}
+    for unit, count in (("request", result.get("requests")), ("message", result.get("messages"))):
+        if count:
+            result[f"gateway_us_per_{unit}"] = round(cpu["gateway"] / count * 1e6, 1)
 
 
 class Bench:
-    def __init__(self, options: argparse.Namespace) -> None:
+    def __init__(self, options: argparse.Namespace, cpu: CpuMeter) -> None:
         self.options = options
         self.gateway = f"http://127.0.0.1:{options.port}"
         self.token = subprocess.run(
@@ -88,6 +123,40 @@ class Bench:
         self.http = httpx.Client(
             base_url=self.gateway, timeout=30, headers={"Authorization": f"Bearer {self.token}"}
         )
+        self.cpu = cpu
+
+    def run(self, *command: str, window: tuple[float, float] | None = None) -> Result:
+        """Run a measuring program; its result is the JSON it prints, with the CPU the
+        broker, the gateway and the program spent: within `window` (seconds after the start,
+        and how long: a load's measurement window), else over the whole run."""
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        started = time.monotonic()
+        if window is None:
+            before = self.cpu.snapshot(process.pid)
+        else:
+            time.sleep(max(0.0, started + window[0] - time.monotonic()))
+            before = self.cpu.snapshot(process.pid)
+            time.sleep(max(0.0, started + window[0] + window[1] - time.monotonic()))
+            after = self.cpu.snapshot(process.pid)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:2])} failed: {stderr[-2000:]}")
+        if window is None:
+            after = self.cpu.snapshot(process.pid)
+            spent = resource.getrusage(resource.RUSAGE_CHILDREN)
+            after["loadgen"] = spent.ru_utime + spent.ru_stime - usage.ru_utime - usage.ru_stime
+            before["loadgen"] = 0.0
+        result: Result = json.loads(stdout)
+        per_request(result, {k: after[k] - before[k] for k in after})
+        return result
+
+    def loadgen(
+        self, subcommand: str, *args: str, window: tuple[float, float] | None = None
+    ) -> Result:
+        return self.run(str(LOADGEN), subcommand, *args, window=window)
 
     def topic(self, label: str) -> str:
         """A fresh, existing topic (Pulsar's REST produce does not create topics)."""
@@ -115,8 +184,17 @@ class Bench:
     def publish(self, path: str, payload: int, rate: float = 0) -> Result:
         topic = self.topic(path)
         timing = self.timing(payload, rate)
+        # CPU is counted over the measurement window, as messages are.
+        window = (self.options.warmup, self.options.duration)
+
+        def load(*args: str) -> Result:
+            return self.loadgen(*args, window=window)
+
+        def run(*command: str) -> Result:
+            return self.run(*command, window=window)
+
         if path == "native":
-            return run_loadgen(
+            return load(
                 "native-publish",
                 "-service-url",
                 SERVICE_URL,
@@ -125,7 +203,7 @@ class Bench:
                 *timing,
             )
         if path == "python client":
-            return run_json(
+            return run(
                 str(ROOT / ".venv" / "bin" / "python"),
                 str(ROOT / "bench" / "pyclient.py"),
                 "--service-url",
@@ -140,11 +218,11 @@ class Bench:
                 str(self.options.warmup),
             )
         if path == "pulsar websocket":
-            return run_loadgen(
+            return load(
                 "ws-publish", "-url", f"{WS_URL}/ws/v2/producer/persistent/{topic}", *timing
             )
         if path == "pulsar rest":
-            return run_loadgen(
+            return load(
                 "http-publish",
                 "-mode",
                 "pulsar-rest",
@@ -156,7 +234,7 @@ class Bench:
             )
         url = f"{self.gateway}/v1/topics/{topic}/messages"
         if path == "gateway batched":
-            return run_loadgen(
+            return load(
                 "http-publish",
                 "-mode",
                 "gateway-json",
@@ -169,9 +247,9 @@ class Bench:
             )
         if path == "http floor":
             floor = f"http://127.0.0.1:{self.options.port + 1}/v1/topics/{topic}/messages"
-            return run_loadgen("http-publish", "-mode", "gateway-raw", "-url", floor, *timing)
+            return load("http-publish", "-mode", "gateway-raw", "-url", floor, *timing)
         assert path == "gateway single"
-        return run_loadgen("http-publish", "-mode", "gateway-raw", "-url", url, *self.auth, *timing)
+        return load("http-publish", "-mode", "gateway-raw", "-url", url, *self.auth, *timing)
 
     # 3: work queue ---------------------------------------------------------------------
 
@@ -188,7 +266,7 @@ class Bench:
             ).raise_for_status()
         self.fill(topic, payload, self.options.queue_messages)
         results = [
-            run_loadgen(
+            self.loadgen(
                 "native-consume",
                 "-service-url",
                 SERVICE_URL,
@@ -204,7 +282,7 @@ class Bench:
         ]
         for batch in (10, 100):
             results.append(
-                run_loadgen(
+                self.loadgen(
                     "http-pull",
                     "-url",
                     f"{self.gateway}/v1/topics/{topic}/subscriptions/pull{batch}",
@@ -233,7 +311,7 @@ class Bench:
         self.fill(topic, payload, self.options.replay_messages)
         url = f"{self.gateway}/v1/topics/{topic}"
         results = [
-            run_loadgen(
+            self.loadgen(
                 "native-read",
                 "-service-url",
                 SERVICE_URL,
@@ -244,7 +322,7 @@ class Bench:
                 "-duration",
                 "120s",
             ),
-            run_loadgen(
+            self.loadgen(
                 "http-read",
                 "-url",
                 f"{url}/messages",
@@ -256,7 +334,7 @@ class Bench:
                 "-duration",
                 "120s",
             ),
-            run_loadgen(
+            self.loadgen(
                 "sse-read",
                 "-url",
                 f"{url}/stream?position=earliest",
@@ -272,7 +350,7 @@ class Bench:
         return results
 
     def fill(self, topic: str, payload: int, messages: int) -> None:
-        run_loadgen(
+        self.loadgen(
             "native-fill",
             "-service-url",
             SERVICE_URL,
@@ -370,7 +448,9 @@ def versions() -> dict[str, str]:
 
 
 @contextmanager
-def serving(command: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def serving(
+    command: list[str], env: dict[str, str], ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """A server process, once `ready_url` answers 200; stopped on leaving."""
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     try:
@@ -384,13 +464,13 @@ def serving(command: list[str], env: dict[str, str], ready_url: str) -> Iterator
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"{command[0]} did not become ready")
             time.sleep(0.2)
-        yield
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=15)
 
 
-def gateway(options: argparse.Namespace) -> AbstractContextManager[None]:
+def gateway(options: argparse.Namespace) -> AbstractContextManager[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "GATEWAY_PORT": str(options.port),
@@ -408,7 +488,7 @@ def gateway(options: argparse.Namespace) -> AbstractContextManager[None]:
     return serving(command, env, f"http://127.0.0.1:{options.port}/readyz")
 
 
-def http_floor(options: argparse.Namespace) -> AbstractContextManager[None]:
+def http_floor(options: argparse.Namespace) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """bench/floor.py on the gateway's server stack, one port up."""
     port = str(options.port + 1)
     command = [
@@ -440,8 +520,10 @@ def main() -> None:
     options = parser.parse_args()
 
     started = datetime.now(UTC)
-    with gateway(options), http_floor(options):
-        results = measure(Bench(options), options)
+    broker_pid = int((ROOT / "local" / "data" / "east" / "pulsar.pid").read_text())
+    with gateway(options) as served, http_floor(options):
+        time.sleep(1)  # its worker processes are up
+        results = measure(Bench(options, CpuMeter(broker_pid, served.pid)), options)
     measured = ratios(results)
     checks = targets(measured)
     sys.stdout.write(table(results, measured, checks))

@@ -254,8 +254,15 @@ def check_queue(history: History, published: set[tuple[str, int]], findings: Fin
                     for fault in history.faults
                 )
                 if overlaps and not ended and later.worker != first.worker:
+                    t0 = min((r.started for r in history.requests), default=0.0)
+                    faults = ", ".join(
+                        f"{f.kind} {f.started - t0:.1f}-{f.healed - t0:.1f}" for f in history.faults
+                    )
                     findings.concurrent_leases.append(
-                        f"{message}: {later.worker} pulled it while {first.worker} held it"
+                        f"{message}: {later.worker} pulled it at {later.pulled_at - t0:.1f} s "
+                        f"from {later.replica} while {first.worker} held it (pulled at "
+                        f"{first.pulled_at - t0:.1f} s from {first.replica}, acked at "
+                        f"{settle.at - t0:.1f} s); faults: {faults}"
                     )
 
 

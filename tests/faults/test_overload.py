@@ -86,20 +86,27 @@ def test_twice_the_load_a_replica_serves_is_shed_with_bounded_memory(
     [replica] = replicas.all
     url = f"{replica.endpoint.url}/v1/topics/{namespace}/load-{uuid.uuid4().hex[:6]}/messages"
     idle = _idle_rss(replica, url)
-    capacity = _loadgen(url, "-concurrency", "32", "-duration", "5s", "-warmup", "1s")
-    served = capacity.msgs_per_s
-    assert capacity.statuses == {"200": capacity.requests}, capacity
+    capacity = [
+        _loadgen(url, "-concurrency", "32", "-duration", "5s", "-warmup", "2s") for _ in range(2)
+    ]
+    assert all(c.statuses == {"200": c.requests} for c in capacity), capacity
+    served = max(c.msgs_per_s for c in capacity)
+    rate = 2 * served
     statuses: Counter[str] = Counter()
-    goodput = []
+    rounds = []  # (offered a second, persisted a second, share refused) per round
     with RssWatch(replica) as rss:
         for _ in range(ROUNDS):
             overload = _loadgen(
                 url,
-                *("-rate", str(round(2 * served)), "-duration", "10s", "-warmup", "0s"),
+                *("-rate", str(round(rate)), "-duration", "10s", "-warmup", "0s"),
                 *("-max-inflight", "2000", "-concurrency", "64", "-timeout", "30s"),
             )
             statuses += overload.statuses
-            goodput.append(overload.msgs_per_s / served)
+            refused = sum(n for code, n in overload.statuses.items() if code in SHED)
+            share = refused / max(1, sum(overload.statuses.values()))
+            rounds.append((rate, overload.statuses["200"] / 10, share))
+            if not SHED & overload.statuses.keys():
+                rate *= 1.5  # it served all of it: its capacity was measured low
             time.sleep(2)
     findings = Findings(requests=sum(statuses.values()), acknowledged=statuses["200"])
     findings.fault_answers = sum(n for s, n in statuses.items() if s in SHED)
@@ -109,10 +116,10 @@ def test_twice_the_load_a_replica_serves_is_shed_with_bounded_memory(
         ROUNDS,
         findings,
         notes=(
-            f"{served:.0f} msgs/s served; {2 * served:.0f}/s offered for 10 s, {ROUNDS} times: "
-            f"{min(goodput):.2f}-{max(goodput):.2f} of capacity still served, the rest "
-            f"refused at once ({dict(statuses)}); RSS {idle:.0f} MB idle, "
-            f"peak {rss.peak:.0f} MB (+{rss.peak - idle:.0f})"
+            f"capacity {served:.0f} msgs/s (32 clients); offered for 10 s / persisted a "
+            "second / refused: "
+            + ", ".join(f"{o:.0f} / {p:.0f} / {r:.0%}" for o, p, r in rounds)
+            + f"; RSS {idle:.0f} MB idle, peak {rss.peak:.0f} MB (+{rss.peak - idle:.0f})"
         ),
     )
     assert findings.bad_errors == []

@@ -117,7 +117,10 @@ def test_a_message_leased_to_two_workers_at_once_is_found_unless_a_fault_ended_t
     history.settle(Settle("b", 3.0, None))
     findings = Findings()
     check_queue(history, {("w0", 0)}, findings)
-    assert findings.concurrent_leases == ["('w0', 0): k1 pulled it while k0 held it"]
+    assert findings.concurrent_leases == [
+        "('w0', 0): k1 pulled it at 1.0 s from r1 while k0 held it (pulled at 0.0 s from r0, "
+        "acked at 2.0 s); faults: "
+    ]
     assert (findings.redeliveries, findings.unacked) == (1, [])
 
     history.fault(Fault("replica SIGKILL", 0.5, 0.8, replica="r0"))
