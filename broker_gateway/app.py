@@ -1,6 +1,7 @@
 """create_app(settings): routes, error handlers, and a lifespan that owns Pulsar."""
 
 import functools
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(settings, pulsar, metrics, auth, limits, streams, draining)
         try:
             await pulsar.open()
+            _tune_garbage_collection()
             with draining.on_signals(settings.shutdown_delay_s):
                 yield
         finally:
@@ -102,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manifests.router,
     ):
         app.include_router(router)
+    # Plain Starlette routes for the hottest paths, matched first; FastAPI's twins of
+    # them stay for the OpenAPI document, which is made from FastAPI's routes alone.
+    app.router.routes[0:0] = publish.fast_routes
     respond = functools.partial(
         gateway_error_response, broker_retry_after_s=settings.broker_retry_after_s
     )
@@ -111,6 +116,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight, respond=respond)
     app.add_middleware(_RequestMetrics, metrics=metrics, respond=respond)
     return app
+
+
+# Young objects a request makes (ASGI messages, dicts, coroutines) die young: collecting
+# every 700 allocations cost ~9% of a single publish's CPU (py-spy); every 20,000, little.
+_GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def _tune_garbage_collection() -> None:
+    """What startup made (modules, routes, clients) lives as long as the process: frozen,
+    it is never scanned again. Requests then collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
 
 
 def _problem(

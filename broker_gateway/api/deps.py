@@ -75,14 +75,21 @@ def _authorized(scope: Scope) -> Callable[..., Awaitable[TopicName]]:
         topic: Annotated[str, Path(description="Topic name (persistent)")],
         _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> TopicName:
-        services: Services = request.app.state.services
-        principal = services.auth.authenticate(request.headers.get("authorization"))
-        name = TopicName.parse(tenant, namespace, topic)
-        principal.require(scope, [name.tenant])
-        services.limits.request(name.tenant)
-        return name
+        return authorize(request.app.state.services, request, scope, tenant, namespace, topic)
 
     return authorized
+
+
+def authorize(
+    services: Services, request: Request, scope: Scope, tenant: str, namespace: str, topic: str
+) -> TopicName:
+    """The topic, once the caller may use `scope` on its tenant: 401, then 422 for a bad
+    name, 403, 429 (the tenant's request rate)."""
+    principal = services.auth.authenticate(request.headers.get("authorization"))
+    name = TopicName.parse(tenant, namespace, topic)
+    principal.require(scope, [name.tenant])
+    services.limits.request(name.tenant)
+    return name
 
 
 AppServices = Annotated[Services, Depends(_services)]

@@ -6,20 +6,23 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers
+from starlette.routing import Route
 
 from broker_gateway.api.bodies import media_type, validated
-from broker_gateway.api.deps import AppServices, PublishTopic
+from broker_gateway.api.deps import AppServices, PublishTopic, Services, authorize
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema, problems
 from broker_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, problem_for
-from broker_gateway.pulsar.codecs import parse_time
+from broker_gateway.pulsar.codecs import TopicName, parse_time
 from broker_gateway.pulsar.idempotency import Answer
 from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.publishing import Outcome
 from broker_gateway.settings import Settings
 
 router = APIRouter(responses=TOPIC_PROBLEMS, tags=["streaming"])
+PUBLISH_PATH = "/v1/topics/{tenant}/{namespace}/{topic}/messages"
 
 NAME_PATTERN = r"^[A-Za-z0-9_.=:-]{1,255}$"
 PROPERTY_HEADER = "x-message-property-"
@@ -141,7 +144,7 @@ _REQUEST_BODY: dict[str, Any] = {
 
 
 @router.post(
-    "/v1/topics/{tenant}/{namespace}/{topic}/messages",
+    PUBLISH_PATH,
     summary="Publish messages",
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
@@ -175,6 +178,35 @@ async def publish(
     that failed; if all fail, the response is the first failure's problem (e.g. 503).
     Messages keep their order within the batch.
     """
+    return await _publish(request, topic, services, idempotency_key)
+
+
+async def publish_route(request: Request) -> JSON:
+    """The same route as a plain Starlette one, placed ahead of FastAPI's (which documents
+    it): FastAPI's resolving of dependencies and parameters would cost about a sixth of a
+    single-message publish. Same checks, in the same order, same errors."""
+    services: Services = request.app.state.services
+    params = request.path_params
+    topic = authorize(
+        services, request, "publish", params["tenant"], params["namespace"], params["topic"]
+    )
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("header", "Idempotency-Key"),
+                    "msg": "must be 1 to 255 characters",
+                    "type": "string_length",
+                }
+            ]
+        )
+    return await _publish(request, topic, services, idempotency_key)
+
+
+async def _publish(
+    request: Request, topic: TopicName, services: Services, idempotency_key: str | None
+) -> JSON:
     body = await request.body()
     producer, messages = _parse(request.headers, body, services.settings)
     services.limits.published(topic.tenant, len(body))
@@ -200,6 +232,10 @@ async def publish(
         )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return JSON(answer.body, status_code=answer.status, headers=headers)
+
+
+# Ahead of every FastAPI route: see publish_route.
+fast_routes = [Route(PUBLISH_PATH, publish_route, methods=["POST"])]
 
 
 def _parse(

@@ -16,6 +16,8 @@ from typing import Any
 KEYED_MODES = frozenset({"idempotent", "sequenced"})
 # What a fault may answer: unavailable or timed out, with Retry-After.
 FAULT_STATUSES = frozenset({503, 504})
+# See Fault.aftermath_ends: the queue hand-off time, and a second for the pull.
+AFTERMATH_S = 2.0
 # The 4xx the load may meet: a shed request, and a retry under an Idempotency-Key while
 # the attempt before it (on a replica that died) may still be publishing.
 EXPECTED_4XX = frozenset({"rate_limited", "idempotency_key_in_use"})
@@ -109,6 +111,13 @@ class Fault:
         """A lease ends when its replica stops, or when the replica's consumer loses the
         broker: Pulsar then redelivers what that consumer held, as after a deadline."""
         return self.replica is None or self.replica == replica
+
+    @property
+    def aftermath_ends(self) -> float:
+        """Until when leases taken may be ended by it: a message a replica had taken from
+        Pulsar but not yet handed out when its connection broke may still be handed out
+        in the second after (GATEWAY_QUEUE_HANDOFF_S), though Pulsar gave it to another."""
+        return self.healed + (AFTERMATH_S if self.replica is None else 0.0)
 
 
 def now() -> float:
@@ -249,7 +258,7 @@ def check_queue(history: History, published: set[tuple[str, int]], findings: Fin
                 overlaps = first.pulled_at < later.pulled_at < min(settle.at, first.deadline)
                 ended = any(
                     fault.ends_leases_of(first.replica)
-                    and first.pulled_at < fault.healed
+                    and first.pulled_at < fault.aftermath_ends
                     and fault.started < later.pulled_at
                     for fault in history.faults
                 )

@@ -141,3 +141,24 @@ def test_a_lease_whose_ack_was_refused_or_that_expired_is_no_double_delivery() -
     check_queue(history, {("w0", 0), ("w0", 1)}, findings)
     assert findings.concurrent_leases == []
     assert findings.unacked == [("w0", 1)]
+
+
+def test_a_message_taken_before_a_broken_connection_may_be_handed_out_just_after_it() -> None:
+    history = History()
+    history.fault(Fault("connections reset", 0.0, 1.0))  # the broker's side: every replica
+    history.lease(_lease("k0", "r0", "a", 1.5))  # r0 had it buffered when its link broke
+    history.lease(_lease("k1", "r1", "b", 1.6))  # Pulsar redelivered it to r1
+    history.settle(Settle("a", 2.0, None))
+    history.settle(Settle("b", 2.1, None))
+    findings = Findings()
+    check_queue(history, {("w0", 0)}, findings)
+    assert findings.concurrent_leases == []
+
+    history = History()
+    history.fault(Fault("connections reset", 0.0, 1.0))
+    history.lease(_lease("k0", "r0", "a", 5.0))  # long after: no excuse
+    history.lease(_lease("k1", "r1", "b", 5.1))
+    history.settle(Settle("a", 6.0, None))
+    findings = Findings()
+    check_queue(history, {("w0", 0)}, findings)
+    assert len(findings.concurrent_leases) == 1

@@ -230,3 +230,34 @@ def test_a_chunked_body_over_the_limit_on_a_queue_route_is_413(client: TestClien
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
+
+
+def test_publish_is_served_by_the_plain_route_and_documented_by_fastapis(
+    client: TestClient,
+) -> None:
+    first = client.app.router.routes[0]  # type: ignore[attr-defined]
+    path = "/v1/topics/{tenant}/{namespace}/{topic}/messages"
+    assert (first.path, first.methods, type(first).__name__) == (path, {"POST"}, "Route")
+    document = client.get("/openapi.json").json()
+    operation = document["paths"][path]["post"]
+    assert {"200", "207", "401", "409", "422", "503"} <= operation["responses"].keys()
+    assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_an_idempotency_key_of_the_wrong_length_is_invalid_as_documented(
+    client: TestClient, key: str
+) -> None:
+    response = client.post(
+        TOPIC_URL, json={"messages": [{"value": 1}]}, headers={"Idempotency-Key": key}
+    )
+    body = assert_problem(response, 422, "invalid_request")
+    assert body["errors"][0]["loc"] == ["header", "Idempotency-Key"]  # type: ignore[index]
+
+
+def test_publish_without_a_token_is_401_before_anything_else(client: TestClient) -> None:
+    response = client.post(
+        "/v1/topics/a..b/x/y/messages", content=b"{", headers={"Authorization": ""}
+    )
+    assert_problem(response, 401, "unauthenticated")
+    assert response.headers["www-authenticate"].startswith("Bearer")
