@@ -2,6 +2,7 @@
 
 import functools
 import gc
+import sys
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(settings, pulsar, metrics, auth, limits, streams, draining)
         try:
             await pulsar.open()
-            _tune_garbage_collection()
+            _tune_runtime()
             with draining.on_signals(settings.shutdown_delay_s):
                 yield
         finally:
@@ -121,14 +122,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 # Young objects a request makes (ASGI messages, dicts, coroutines) die young: collecting
 # every 700 allocations cost ~9% of a single publish's CPU (py-spy); every 20,000, little.
 _GC_THRESHOLDS = (20_000, 20, 20)
+# pulsar-client's I/O thread takes the GIL for every send receipt and received message;
+# while the event loop runs, it waits for the loop to yield it, by default after 5 ms
+# (py-spy: a fifth of the I/O thread's samples waited there). At 0.5 ms a single publish
+# cost 159 us of CPU instead of 194, and pulls of 100 ran twice as fast (bench, one run).
+_GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-def _tune_garbage_collection() -> None:
+def _tune_runtime() -> None:
     """What startup made (modules, routes, clients) lives as long as the process: frozen,
-    it is never scanned again. Requests then collect less often."""
+    it is never scanned again; requests then collect less often. And the GIL changes
+    hands sooner."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+    sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
 
 
 def _problem(
