@@ -2,8 +2,8 @@
 
 import functools
 import gc
-import sys
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
