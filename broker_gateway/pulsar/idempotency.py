@@ -1,28 +1,32 @@
 """Idempotency-Key results, kept in a Pulsar topic so every replica and restart sees them.
 
-Records are messages keyed by sha256(topic, key) in one topic; every replica tails it from
-`now - ttl` into memory, so a retry that reaches any replica, or the same replica after a
-restart, gets the first answer back. A publish under a key goes:
+Records are messages keyed by sha256(topic, key) in one topic, a log every replica tails
+from `now - ttl` and applies in order, so all replicas come to the same state per key
+(`_apply`). A publish under a key goes:
 
-1. `pending` is recorded (nothing is published if that fails), and each message is sent
-   tagged with the record key and its index (property TAG_PROPERTY);
-2. a 200 is recorded as the answer, to be replayed. When nothing could be sent (no
-   producer) the key is released; after any other failure it stays pending: some messages
-   may be in Pulsar although their answer was lost, and so after a replica dies mid-publish.
+1. a `pending` record with a fresh claim is written, and the replica waits until its own
+   tail has applied it. The first pending record in the log wins: if another replica's (or
+   an earlier attempt's) came first, this request does not publish. So two replicas never
+   both publish one key, however close together the requests come;
+2. each message is sent tagged with the record key and its index (property TAG_PROPERTY);
+3. a 200 is recorded as the answer, to be replayed. When nothing could be sent (no
+   producer) the claim is released; after any other failure it stays pending: some
+   messages may be in Pulsar although their answer was lost, and so after a replica dies
+   mid-publish.
 
-A retry that finds the key pending elsewhere (or left pending here) waits until the first
-attempt can no longer complete (`in_doubt_s`: no message is sent later than that), with 409
-`idempotency_key_in_use` and Retry-After; then it looks in the topic, from the pending
-record's time, for the tagged messages: those found are answered as they are, the rest are
-published. So a message is stored once whatever happened to the attempt before. Within one
-replica, concurrent requests with the same key wait for the first one; across replicas, the
-second gets 409.
+A retry that finds the key pending under another claim waits until that attempt can no
+longer complete (`in_doubt_s`: no message is sent later than that), with 409
+`idempotency_key_in_use` and Retry-After; then it takes the claim over and looks in the
+topic, from the pending record's time, for the tagged messages: those found are answered
+as they are, the rest are published. A message is stored once whatever happened to the
+attempt before.
 """
 
 import asyncio
 import dataclasses
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,7 +46,7 @@ from broker_gateway.errors import (
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.bridge import has_message_available, read_next
 from broker_gateway.pulsar.codecs import Position, TopicName
-from broker_gateway.pulsar.messages import OutgoingMessage
+from broker_gateway.pulsar.messages import OutgoingMessage, position_of
 from broker_gateway.pulsar.producers import ProducerCache
 from broker_gateway.pulsar.publishing import Outcome, send
 
@@ -60,6 +64,8 @@ class Record:
     fingerprint: str
     answer: Answer | None  # None: pending, its outcome unknown
     recorded_ms: int
+    claim: str | None = None  # which attempt wrote it
+    takeover: str | None = None  # a pending record: the claim it takes over
 
 
 # The property that tags each message published under an Idempotency-Key.
@@ -76,15 +82,29 @@ def message_tag(key: str, index: int) -> str:
     return f"{key}/{index}"
 
 
-def pending_record(fingerprint: str, recorded_ms: int) -> Record:
-    return Record(fingerprint, None, recorded_ms)
+def pending_record(
+    fingerprint: str, recorded_ms: int, claim: str | None = None, takeover: str | None = None
+) -> Record:
+    return Record(fingerprint, None, recorded_ms, claim or secrets.token_hex(8), takeover)
 
 
-def encode_record(record: Record | None) -> bytes:
-    """A record as stored; None releases the key."""
-    if record is None:
-        return orjson.dumps({"released": True})
-    encoded: dict[str, Any] = {"fingerprint": record.fingerprint, "recorded_ms": record.recorded_ms}
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Gives up a pending claim: nothing of its attempt was sent."""
+
+    claim: str
+
+
+def encode_record(record: Record | Release) -> bytes:
+    """A record as stored."""
+    if isinstance(record, Release):
+        return orjson.dumps({"released": record.claim})
+    encoded: dict[str, Any] = {
+        "fingerprint": record.fingerprint,
+        "recorded_ms": record.recorded_ms,
+        "claim": record.claim,
+        "takeover": record.takeover,
+    }
     if record.answer is not None:
         encoded |= {"status": record.answer.status, "body": record.answer.body}
     return orjson.dumps(encoded)
@@ -119,6 +139,9 @@ class IdempotencyStore:
         self._records: dict[str, Record] = {}
         self._in_flight: dict[str, asyncio.Future[Answer | None]] = {}
         self._ready = asyncio.Event()
+        # The position of the last record the tail applied, and who waits for one.
+        self._applied: Position | None = None
+        self._waiting: list[tuple[Position, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -159,23 +182,52 @@ class IdempotencyStore:
         mine: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = mine
         try:
-            found = {} if record is None else await self._recover(topic, key, record)
-            await self._write(key, pending_record(fingerprint, _now_ms()))
+            claim, found = await self._claim(topic, key, fingerprint)
             tags = [message_tag(key, i) for i in range(len(messages))]
             todo = [i for i, tag in enumerate(tags) if tag not in found]
             try:
                 sent = await publish([_tagged(messages[i], tags[i]) for i in todo]) if todo else []
             except GatewayError:
-                await self._write(key, None)  # nothing was sent: a retry may publish
+                await self._release(key, claim)  # nothing was sent: a retry may publish
                 raise
             outcomes: dict[int, Outcome] = dict(zip(todo, sent, strict=True))
             answer = render([outcomes.get(i, found.get(t)) for i, t in enumerate(tags)])
             if answer.status < 300:
-                await self._record(key, Record(fingerprint, answer, _now_ms()))
+                await self._record(key, Record(fingerprint, answer, _now_ms(), claim))
+        except _Answered as answered:
+            return answered.answer, True
         finally:
             self._in_flight.pop(key, None)
             mine.set_result(None)
         return answer, bool(found)
+
+    async def _claim(
+        self, topic: TopicName, key: str, fingerprint: str
+    ) -> tuple[str, dict[str, Position]]:
+        """Win the key for this request: its claim, and the tagged messages an earlier
+        attempt stored.
+
+        Raises: _Answered when the key was answered meanwhile; IdempotencyKeyInUse while
+        another attempt holds it; BrokerUnavailable when the claim cannot be written.
+        """
+        found: dict[str, Position] = {}
+        for _ in range(3):
+            takeover = None
+            holder = self._lookup(key, fingerprint)
+            if holder is not None and holder.answer is not None:
+                raise _Answered(holder.answer)
+            if holder is not None:
+                found = await self._recover(topic, key, holder)
+                takeover = holder.claim
+            mine = pending_record(fingerprint, _now_ms(), takeover=takeover)
+            await self._applied_through(await self._write(key, mine))
+            holder = self._lookup(key, fingerprint)
+            if holder is not None and holder.claim == mine.claim:
+                return mine.claim or "", found
+        raise IdempotencyKeyInUse(
+            "requests with this Idempotency-Key keep arriving at once; retry later",
+            retry_after_s=1,
+        )
 
     async def _recover(self, topic: TopicName, key: str, pending: Record) -> dict[str, Position]:
         """The tagged messages an earlier attempt under `key` stored, once it can no longer
@@ -200,22 +252,44 @@ class IdempotencyStore:
             )
         return record
 
-    async def _write(self, key: str, record: Record | None) -> None:
-        """Record (or with None, release) `key` durably before going on.
+    async def _write(self, key: str, record: Record | Release) -> Position:
+        """Write a record durably; its position in the log.
 
-        Raises: BrokerUnavailable when it cannot be recorded.
+        Raises: BrokerUnavailable when it cannot be written.
         """
         message = OutgoingMessage(encode_record(record), key=key)
         try:
-            await send(self._producers, self._topic, message)
+            return await send(self._producers, self._topic, message)
         except GatewayError as exc:
             detail = f"the Idempotency-Key could not be recorded: {exc.detail}"
             raise BrokerUnavailable(detail) from exc
-        self._remember(key, record)
+
+    async def _applied_through(self, position: Position) -> None:
+        """Wait until the tail has applied the log up to `position`.
+
+        Raises: BrokerUnavailable when it does not within the operation timeout.
+        """
+
+        if self._applied is not None and self._applied >= position:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((position, future))
+        try:
+            await asyncio.wait_for(future, self._wait_ready_s)
+        except TimeoutError:
+            raise BrokerUnavailable("the Idempotency-Key log is not being read") from None
+
+    async def _release(self, key: str, claim: str) -> None:
+        try:
+            await self._write(key, Release(claim))
+        except BrokerUnavailable as exc:
+            log.warning("releasing an Idempotency-Key failed (a retry waits): %s", exc.detail)
 
     async def _record(self, key: str, record: Record) -> None:
-        """Record an answer. The messages are in Pulsar and the client gets its answer even
-        if this fails: the key stays pending, and a retry finds them by their tags."""
+        """Record an answer; applied here at once (an answer is final), and by every
+        replica from the log. The messages are in Pulsar and the client gets its answer
+        even if this fails: the key stays pending, and a retry finds them by their tags."""
+        self._apply(key, record)
         try:
             await self._write(key, record)
         except BrokerUnavailable as exc:
@@ -255,14 +329,31 @@ class IdempotencyStore:
             record = decode_record(message.data())
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("skipping a malformed idempotency record")
-            return
-        self._remember(message.partition_key(), record)
+        else:
+            self._apply(message.partition_key(), record)
+        applied = self._applied = position_of(message.message_id())
+        if self._waiting:
+            for position, future in self._waiting:
+                if position <= applied and not future.done():
+                    future.set_result(None)
+            self._waiting = [(p, f) for p, f in self._waiting if not f.done()]
 
-    def _remember(self, key: str, record: Record | None) -> None:
+    def _apply(self, key: str, record: Record | Release) -> None:
+        """One record of the log, applied as every replica applies it: an answer is final;
+        the first pending claim holds until it is released, answered or taken over."""
+        current = self._records.get(key)
+        if isinstance(record, Release):
+            if current is not None and current.answer is None and current.claim == record.claim:
+                del self._records[key]
+            return
+        if record.answer is None and current is not None:
+            if current.answer is not None:
+                return
+            if current.claim not in (record.claim, record.takeover):
+                return
         # Re-inserted at the end, so the dict stays in time order for _expire().
         self._records.pop(key, None)
-        if record is not None:
-            self._records[key] = record
+        self._records[key] = record
         self._expire()
 
     def _expire(self) -> None:
@@ -274,13 +365,23 @@ class IdempotencyStore:
             del self._records[key]
 
 
-def decode_record(data: bytes) -> Record | None:
+def decode_record(data: bytes) -> Record | Release:
     """Raises: JSONDecodeError, KeyError, TypeError for what is not a record."""
     raw = orjson.loads(data)
-    if raw.get("released"):
-        return None
+    if "released" in raw:
+        return Release(raw["released"])
     answer = Answer(raw["status"], raw["body"]) if "status" in raw else None
-    return Record(raw["fingerprint"], answer, raw["recorded_ms"])
+    return Record(
+        raw["fingerprint"], answer, raw["recorded_ms"], raw.get("claim"), raw.get("takeover")
+    )
+
+
+class _Answered(Exception):
+    """The key was answered (by another replica) while this request was waiting."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__()
+        self.answer = answer
 
 
 def _tagged(message: OutgoingMessage, tag: str) -> OutgoingMessage:

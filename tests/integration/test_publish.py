@@ -4,6 +4,7 @@ import base64
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -214,6 +215,39 @@ def test_a_retry_while_the_first_attempt_may_still_complete_is_409_with_retry_af
     assert retry.json()["code"] == "idempotency_key_in_use"
     assert 1 <= int(retry.headers["retry-after"]) <= 60
     assert read_all(http, topic) == []
+
+
+def test_one_idempotency_key_at_two_replicas_at_once_is_stored_once(
+    pulsar_cluster: PulsarCluster, topic: str
+) -> None:
+    gateways = [start_gateway(pulsar_cluster) for _ in range(2)]
+    try:
+        for attempt in range(5):
+            key = f"twice-{attempt}-{uuid.uuid4()}"
+            body = {"messages": [{"value": attempt}]}
+            headers = {"Idempotency-Key": key, **bearer()}
+            with ThreadPoolExecutor(2) as pool:
+                posts = [
+                    pool.submit(
+                        httpx.post,
+                        f"{g.url}/v1/topics/{topic}/messages",
+                        json=body,
+                        headers=headers,
+                        timeout=30,
+                    )
+                    for g in gateways
+                ]
+                answers = [post.result() for post in posts]
+            statuses = sorted(a.status_code for a in answers)
+            assert statuses in ([200, 200], [200, 409]), [a.text for a in answers]
+            ok = [a.json() for a in answers if a.status_code == 200]
+            assert all(o == ok[0] for o in ok)
+        with gateways[0].client() as http:
+            stored = [m["value"] for m in read_all(http, topic)]
+    finally:
+        for gateway in gateways:
+            stop_gateway(gateway)
+    assert stored == [0, 1, 2, 3, 4]
 
 
 def test_idempotency_key_reused_with_another_body_is_rejected(
