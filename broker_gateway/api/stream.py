@@ -1,6 +1,6 @@
 """GET /v1/topics/{tenant}/{namespace}/{topic}/stream: follow a topic live."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from typing import Annotated
 
@@ -111,7 +111,8 @@ async def stream(
                 )
                 services.metrics.read.inc(len(batch))
                 if batch:
-                    yield b"".join(encode(d, base64_only) for d in batch)
+                    for chunk in _chunks(encode(d, base64_only) for d in batch):
+                        yield chunk
                 elif not stop.is_set():
                     yield b"\n" if ndjson else b": heartbeat\n\n"
             # This replica is shutting down: the client resumes on another one.
@@ -125,6 +126,25 @@ async def stream(
             )
 
     return _Stream(events(), stack.aclose, NDJSON if ndjson else SSE)
+
+
+# A stream writes at most this much at a time: a reader that stops reading holds one chunk
+# in the server's buffers, not a whole batch (100 large messages can be megabytes).
+CHUNK_BYTES = 64 * 1024
+
+
+def _chunks(events: Iterable[bytes]) -> Iterator[bytes]:
+    """Events joined into chunks of about CHUNK_BYTES (one larger event is one chunk)."""
+    pending: list[bytes] = []
+    size = 0
+    for event in events:
+        pending.append(event)
+        size += len(event)
+        if size >= CHUNK_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _sse(delivery: Delivery, base64_only: bool) -> bytes:
