@@ -302,6 +302,7 @@ COLUMNS = (
     ("bad_5xx", "other 5xx"),
     ("fault_answers", "503/504 answers"),
     ("redeliveries", "queue redeliveries"),
+    ("concurrent_leases", "leased to two workers at once"),
     ("recovery_s_max", "time to recover (s, max)"),
 )
 
