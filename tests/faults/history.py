@@ -52,7 +52,8 @@ class Lease:
 
     worker: str
     replica: str  # the replica that leased it
-    message: tuple[str, int]  # (writer, seq)
+    message: tuple[str, int]  # (writer, seq): a plain retry may have stored two copies
+    message_id: str  # which copy: Pulsar's id
     receipt: str
     pulled_at: float
     deadline: float
@@ -244,10 +245,12 @@ def check_queue(history: History, published: set[tuple[str, int]], findings: Fin
         if lease.receipt in settled and settled[lease.receipt].failed is None
     }
     findings.unacked = sorted(published - acked)
-    by_message: dict[tuple[str, int], list[Lease]] = defaultdict(list)
+    # One Pulsar message at a time: two copies of one (writer, seq) are two messages.
+    by_message: dict[str, list[Lease]] = defaultdict(list)
     for lease in history.leases:
-        by_message[lease.message].append(lease)
-    for message, leases in by_message.items():
+        by_message[lease.message_id].append(lease)
+    for leases in by_message.values():
+        message = leases[0].message
         findings.redeliveries += len(leases) - 1
         leases.sort(key=lambda lease: lease.pulled_at)
         for i, first in enumerate(leases):

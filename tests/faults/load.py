@@ -147,6 +147,7 @@ class Load:
                             worker,
                             replica.name,
                             (value["writer"], value["seq"]),
+                            m["message_id"],
                             m["receipt"],
                             request.ended,
                             request.started + deadline_ms / 1000,

@@ -76,18 +76,14 @@ def _wait_drained(pulsar: FaultyPulsar, topic: str, timeout_s: float) -> int:
             time.sleep(0.5)
 
 
-def assert_promises_kept(
-    findings: Findings, replicas: Replicas, *, known_double_leases: bool = False
-) -> None:
-    """What must hold under every fault. `known_double_leases`: a message leased to two
-    workers at once is reported, not failed (see test_replicas)."""
+def assert_promises_kept(findings: Findings, replicas: Replicas) -> None:
+    """What must hold under every fault."""
     assert findings.lost == [], f"acknowledged but lost: {findings.lost[:20]}"
     assert findings.bad_errors == [], findings.bad_errors[:20]
     assert findings.duplicated_keyed == 0
     assert findings.out_of_order == [], findings.out_of_order[:20]
     assert findings.unacked == [], f"never acked by a worker: {findings.unacked[:20]}"
     assert all(s < 60 for s in findings.recovery_s), findings.recovery_s
-    if not known_double_leases:
-        assert findings.concurrent_leases == [], findings.concurrent_leases[:20]
+    assert findings.concurrent_leases == [], findings.concurrent_leases[:20]
     assert findings.acknowledged > 0
     assert replicas.tracebacks() == []

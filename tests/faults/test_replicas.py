@@ -48,8 +48,5 @@ def test_replicas_stopped_and_killed_under_load_lose_nothing_acknowledged(
     time.sleep(3)
     findings = finish(load, faulty_pulsar, topic)
     report("gateway replica stopped (SIGTERM) or killed (SIGKILL)", 2 * FAULTS, findings)
-    # Known defect, open: about one run in four, just after the other replica is killed, a
-    # message is leased twice by the surviving replica (to two workers within ~0.2 s).
-    # Until it is found and fixed, double leases here are counted in the report.
-    assert_promises_kept(findings, replicas, known_double_leases=True)
+    assert_promises_kept(findings, replicas)
     assert exits == [-signal.SIGTERM] * FAULTS  # each graceful stop ended within its grace

@@ -105,8 +105,10 @@ def test_recovery_waits_for_every_replica_to_serve_again() -> None:
     assert findings.recovery_s == [2.0]
 
 
-def _lease(worker: str, replica: str, receipt: str, pulled_at: float) -> Lease:
-    return Lease(worker, replica, ("w0", 0), receipt, pulled_at, pulled_at + 10)
+def _lease(
+    worker: str, replica: str, receipt: str, pulled_at: float, message_id: str = "1:0:-1:-1"
+) -> Lease:
+    return Lease(worker, replica, ("w0", 0), message_id, receipt, pulled_at, pulled_at + 10)
 
 
 def test_a_message_leased_to_two_workers_at_once_is_found_unless_a_fault_ended_the_first() -> None:
@@ -162,3 +164,14 @@ def test_a_message_taken_before_a_broken_connection_may_be_handed_out_just_after
     findings = Findings()
     check_queue(history, {("w0", 0)}, findings)
     assert len(findings.concurrent_leases) == 1
+
+
+def test_two_copies_of_one_message_leased_at_once_are_two_messages_not_a_double_lease() -> None:
+    history = History()  # a plain retry stored (w0, 0) twice: two Pulsar messages
+    history.lease(_lease("k0", "r0", "a", 0.0, message_id="1:0:-1:-1"))
+    history.lease(_lease("k1", "r0", "b", 0.5, message_id="1:7:-1:-1"))
+    history.settle(Settle("a", 1.0, None))
+    history.settle(Settle("b", 1.0, None))
+    findings = Findings()
+    check_queue(history, {("w0", 0)}, findings)
+    assert (findings.concurrent_leases, findings.redeliveries) == ([], 0)
