@@ -24,7 +24,14 @@ SUBSCRIPTION = "work"
 def start_load(replicas: Replicas, topic: str, history: History, **options: int) -> Load:
     """The subscription first (from the earliest message), so workers see every message."""
     url = f"{replicas.endpoints[0].url}/v1/topics/{topic}/subscriptions/{SUBSCRIPTION}"
-    response = httpx.put(url, json={"initial_position": "earliest"}, headers=bearer(), timeout=30)
+    deadline = time.monotonic() + 60
+    while True:  # a 503 says retry: Pulsar's admin API is sometimes busy after a fault
+        response = httpx.put(
+            url, json={"initial_position": "earliest"}, headers=bearer(), timeout=30
+        )
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert response.status_code in (200, 201), response.text
     return Load(history, replicas.endpoints, topic, subscription=SUBSCRIPTION, **options).start()
 
