@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_s: int = Field(default=86_400, ge=60)
 
+    # A paged read keeps its reader this long for the page after it (a request whose
+    # `position` is that page's `next`), at most this many per replica: the next page then
+    # costs no reader to open and no seek. 0 readers: every page opens its own.
+    read_reader_idle_s: float = Field(default=10.0, gt=0)
+    read_readers_kept: int = Field(default=64, ge=0)
+
     # Live streams send a heartbeat after this long without a message.
     stream_heartbeat_s: float = Field(default=15.0, gt=0)
 

@@ -79,12 +79,15 @@ async def read(
         limit=limit,
         wait_s=min(wait_ms, services.settings.max_wait_ms) / 1000,
         stop=services.draining.event,  # a replica shutting down answers with what it has
+        cursor=position if start.kind == "after" else None,
     )
     services.metrics.read.inc(len(deliveries))
     base64_only = encoding == "base64"
     return JSON(
         {
-            "messages": [render(d.message, base64_only=base64_only) for d in deliveries],
+            "messages": [
+                render(d.message, d.position, base64_only=base64_only) for d in deliveries
+            ],
             "next": cursor,
         }
     )

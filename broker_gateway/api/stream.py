@@ -107,7 +107,7 @@ async def stream(
         try:
             while not stop.is_set():
                 batch = await services.pulsar.next_batch(
-                    topic, reader, BATCH, services.settings.stream_heartbeat_s, stop
+                    topic, reader, BATCH, services.settings.stream_heartbeat_s, stop, cursors=True
                 )
                 services.metrics.read.inc(len(batch))
                 if batch:
@@ -148,11 +148,12 @@ def _chunks(events: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _sse(delivery: Delivery, base64_only: bool) -> bytes:
-    data = orjson.dumps(render(delivery.message, base64_only=base64_only))
+    data = orjson.dumps(render(delivery.message, delivery.position, base64_only=base64_only))
+    assert delivery.cursor is not None
     return b"id: " + delivery.cursor.encode() + b"\ndata: " + data + b"\n\n"
 
 
 def _ndjson(delivery: Delivery, base64_only: bool) -> bytes:
-    message = render(delivery.message, base64_only=base64_only)
+    message = render(delivery.message, delivery.position, base64_only=base64_only)
     message["cursor"] = delivery.cursor
     return orjson.dumps(message) + b"\n"

@@ -93,12 +93,34 @@ def _topic_tag(topic: TopicName) -> bytes:
     return hashlib.blake2b(topic.path.encode(), digest_size=_TAG_BYTES).digest()
 
 
+class Cursor:
+    """A topic's cursor as it moves, one message at a time.
+
+    Each partition's packed position is kept, so moving past a message and writing the
+    cursor costs one pack and one base64: a stream writes a cursor per event.
+    """
+
+    __slots__ = ("_head", "_packed")
+
+    def __init__(self, topic: TopicName, positions: dict[int, Position]) -> None:
+        self._head = bytes([_CURSOR_VERSION]) + _topic_tag(topic)
+        self._packed = {p: _pack(p, positions[p]) for p in sorted(positions)}
+
+    def move(self, partition: int, position: Position) -> None:
+        """The partition's last message handed out is now at `position`."""
+        self._packed[partition] = _pack(partition, position)
+
+    def __str__(self) -> str:
+        raw = self._head + b"".join(self._packed.values())
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _pack(partition: int, p: Position) -> bytes:
+    return _ENTRY.pack(partition, p.ledger, p.entry, p.batch_index)
+
+
 def encode_cursor(positions: dict[int, Position], topic: TopicName) -> str:
-    packed = bytearray([_CURSOR_VERSION]) + _topic_tag(topic)
-    for partition in sorted(positions):
-        p = positions[partition]
-        packed += _ENTRY.pack(partition, p.ledger, p.entry, p.batch_index)
-    return base64.urlsafe_b64encode(bytes(packed)).rstrip(b"=").decode()
+    return str(Cursor(topic, positions))
 
 
 def decode_cursor(cursor: str, topic: TopicName) -> dict[int, Position]:

@@ -43,16 +43,21 @@ def to_message_id(position: Position) -> pulsar.MessageId:
 _JSON_FIRST_BYTES: Final = frozenset(bytes([b]) for b in b' \t\r\n{["-0123456789tfn')
 
 
-def render(message: Any, *, base64_only: bool = False) -> dict[str, Any]:
-    """A received _pulsar.Message as the API's Message object.
+def render(
+    message: Any, position: Position | None = None, *, base64_only: bool = False
+) -> dict[str, Any]:
+    """A received _pulsar.Message as the API's Message object; `position` is its own, when
+    the caller has it already (reading it from the message costs five calls into C++).
 
     The payload goes out as `value` when it is JSON (embedded as is, not re-encoded), else as
     base64 `data`.
     """
     payload: bytes = message.data()
     event_time = message.event_timestamp()
+    if position is None:
+        position = position_of(message.message_id())
     rendered: dict[str, Any] = {
-        "message_id": str(position_of(message.message_id())),
+        "message_id": str(position),
         "key": message.partition_key() or None,
         "ordering_key": message.ordering_key() or None,
         "properties": message.properties(),

@@ -10,6 +10,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +20,14 @@ import pulsar.asyncio
 
 from broker_gateway.errors import TopicNotFound
 from broker_gateway.pulsar.admin import PulsarAdmin
-from broker_gateway.pulsar.bridge import has_message_available, read_next, read_next_async
+from broker_gateway.pulsar.bridge import has_message_available, poll, read_next, read_next_async
 from broker_gateway.pulsar.codecs import (
     EARLIEST,
     NON_PARTITIONED,
+    Cursor,
     Position,
     Start,
     TopicName,
-    encode_cursor,
 )
 from broker_gateway.pulsar.messages import position_of, to_message_id
 
@@ -38,7 +39,8 @@ class Delivery:
     """A message handed out, with the cursor that continues right after it."""
 
     message: Any  # _pulsar.Message
-    cursor: str
+    position: Position
+    cursor: str | None  # None unless asked for: a page needs only its last one
 
 
 class _PartitionReader:
@@ -59,9 +61,14 @@ class _PartitionReader:
                     return
                 self._take_pending()
                 continue
-            if not await has_message_available(self.reader):
-                return
-            self.buffer.append(await read_next(self.reader))
+            message = poll(self.reader)
+            if message is None:
+                # The client's queue is empty: ask the broker (a round trip) whether more
+                # is stored, and wait for it only if so.
+                if not await has_message_available(self.reader):
+                    return
+                message = await read_next(self.reader)
+            self.buffer.append(message)
 
     def arrival(self) -> "asyncio.Future[Any]":
         """A future that completes when the next message arrives (it is kept, not lost)."""
@@ -88,9 +95,9 @@ class TopicReader:
     """Reads a topic, partitioned or not, from a start position."""
 
     def __init__(self, topic: TopicName, partitions: list[_PartitionReader]) -> None:
-        self._topic = topic
         self._partitions = partitions
-        self._positions = {p.partition: p.after for p in partitions}
+        self.opened_at = time.monotonic()
+        self._cursor = Cursor(topic, {p.partition: p.after for p in partitions})
 
     @classmethod
     async def open(
@@ -148,14 +155,20 @@ class TopicReader:
 
     @property
     def cursor(self) -> str:
-        return encode_cursor(self._positions, self._topic)
+        return str(self._cursor)
 
     async def read(
-        self, limit: int, wait_s: float, stop: asyncio.Event | None = None
+        self,
+        limit: int,
+        wait_s: float,
+        stop: asyncio.Event | None = None,
+        *,
+        cursors: bool = False,
     ) -> list[Delivery]:
         """Up to `limit` messages, oldest publish time first across partitions.
 
         Waits up to `wait_s` for a first message when none is available, or until `stop`.
+        With `cursors`, each delivery carries the cursor right after it.
         """
         await self._fill(limit)
         if not any(p.buffer for p in self._partitions) and wait_s > 0:
@@ -169,12 +182,12 @@ class TopicReader:
                 for task in stopping:
                     task.cancel()
             await self._fill(limit)
-        return self._take(limit)
+        return self._take(limit, cursors)
 
     async def _fill(self, limit: int) -> None:
         await asyncio.gather(*(p.fill(limit) for p in self._partitions))
 
-    def _take(self, limit: int) -> list[Delivery]:
+    def _take(self, limit: int, cursors: bool) -> list[Delivery]:
         """Hand out up to `limit` buffered messages, merged by publish time.
 
         Within a partition the order is Pulsar's; the cursor moves past each one handed out.
@@ -191,11 +204,12 @@ class TopicReader:
             merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
         deliveries: list[Delivery] = []
         taken = [0] * len(self._partitions)
+        cursor = self._cursor
         for _, index, message in itertools.islice(merged, limit):
             taken[index] += 1
-            partition = self._partitions[index].partition
-            self._positions[partition] = position_of(message.message_id())
-            deliveries.append(Delivery(message, self.cursor))
+            position = position_of(message.message_id())
+            cursor.move(self._partitions[index].partition, position)
+            deliveries.append(Delivery(message, position, str(cursor) if cursors else None))
         for partition_reader, count in zip(self._partitions, taken, strict=True):
             del partition_reader.buffer[:count]
         return deliveries
@@ -216,3 +230,64 @@ async def _end_of(admin: PulsarAdmin, topic: TopicName, partition: int) -> Posit
 def _partition_index(name: str) -> int:
     _, sep, suffix = name.rpartition("-partition-")
     return int(suffix) if sep and suffix.isdigit() else NON_PARTITIONED
+
+
+class ReaderCache:
+    """Readers of paged reads, kept for the page after them.
+
+    A page's reader is kept under the page's `next` cursor; a read from exactly that cursor
+    takes it, with the messages it has read ahead, instead of opening a reader and seeking.
+    Two reads from one cursor at once: the second opens its own. At most `capacity`
+    readers, the least recently kept closed first; each closed after `idle_s` unused, and
+    none reused once older than MAX_AGE_S, so partitions added to a topic are read by a
+    client that pages without a pause too (a new reader finds them).
+    """
+
+    MAX_AGE_S = 60.0
+
+    def __init__(self, capacity: int, idle_s: float) -> None:
+        self._capacity = capacity
+        self._idle_s = idle_s
+        # (topic path, cursor) -> (reader, kept at), oldest first.
+        self._kept: dict[tuple[str, str], tuple[TopicReader, float]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._close_idle_forever(), name="reader-reaper")
+
+    async def take(self, topic: TopicName, cursor: str) -> TopicReader | None:
+        kept = self._kept.pop((topic.path, cursor), None)
+        if kept is None:
+            return None
+        reader = kept[0]
+        if time.monotonic() - reader.opened_at > self.MAX_AGE_S:
+            await reader.close()
+            return None
+        return reader
+
+    async def keep(self, topic: TopicName, reader: TopicReader) -> None:
+        """Keep `reader` for a read from its cursor, or close it when none may be kept."""
+        if self._capacity == 0:
+            await reader.close()
+            return
+        key = (topic.path, reader.cursor)
+        replaced = self._kept.pop(key, None)
+        self._kept[key] = (reader, time.monotonic())
+        closing = [] if replaced is None else [replaced[0]]
+        while len(self._kept) > self._capacity:
+            closing.append(self._kept.pop(next(iter(self._kept)))[0])
+        await asyncio.gather(*(r.close() for r in closing))
+
+    async def _close_idle_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(self._idle_s / 4, 0.25))
+            oldest = time.monotonic() - self._idle_s
+            idle = [key for key, (_, kept_at) in self._kept.items() if kept_at < oldest]
+            await asyncio.gather(*(self._kept.pop(key)[0].close() for key in idle))
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        kept, self._kept = self._kept, {}
+        await asyncio.gather(*(reader.close() for reader, _ in kept.values()))

@@ -14,10 +14,10 @@ from broker_gateway.pulsar import errors, publishing
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.codecs import Position, Start, TopicName
 from broker_gateway.pulsar.idempotency import IdempotencyStore
-from broker_gateway.pulsar.messages import OutgoingMessage, position_of
+from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.producers import ProducerCache
 from broker_gateway.pulsar.queues import QueueService, ReceiptSigner
-from broker_gateway.pulsar.reading import Delivery, TopicReader
+from broker_gateway.pulsar.reading import Delivery, ReaderCache, TopicReader
 from broker_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class PulsarService:
             # persisted or failed within the send timeout; 5 s for the replicas' clocks.
             in_doubt_s=settings.pulsar_operation_timeout_s + settings.pulsar_send_timeout_s + 5,
         )
-
+        self.readers = ReaderCache(settings.read_readers_kept, settings.read_reader_idle_s)
         self.queues = QueueService(
             self.client,
             self.admin,
@@ -91,11 +91,13 @@ class PulsarService:
         )
 
     async def open(self) -> None:
+        self.readers.start()
         self.producers.start()
         self.idempotency.start()
         self.queues.start()
 
     async def close(self) -> None:
+        await self.readers.close()
         await self.queues.close()
         await self.idempotency.close()
         await self.producers.close()
@@ -136,14 +138,24 @@ class PulsarService:
         limit: int,
         wait_s: float,
         stop: asyncio.Event | None = None,
+        cursor: str | None = None,
     ) -> tuple[list[Delivery], str]:
-        """A page of messages and the cursor after it.
+        """A page of messages and the cursor after it. `cursor` is the text `start` came
+        from, when it is a cursor: the reader of the page that ended there is reused.
 
         Raises: GatewayError (TopicNotFound, BrokerUnavailable, BrokerTimeout, ...).
         """
-        async with self.reader(topic, start, queue_size=min(limit, 1000)) as reader:
+        reader = None if cursor is None else await self.readers.take(topic, cursor)
+        if reader is None:
+            reader = await self._open_reader(topic, start, queue_size=min(limit, 1000))
+        try:
             deliveries = await self.next_batch(topic, reader, limit, wait_s, stop)
-            return deliveries, reader.cursor
+        except BaseException:
+            await reader.close()
+            raise
+        after = reader.cursor
+        await self.readers.keep(topic, reader)
+        return deliveries, after
 
     async def next_batch(
         self,
@@ -152,12 +164,15 @@ class PulsarService:
         limit: int,
         wait_s: float,
         stop: asyncio.Event | None = None,
+        *,
+        cursors: bool = False,
     ) -> list[Delivery]:
-        """Up to `limit` messages, waiting up to `wait_s` (or until `stop`) for a first one.
+        """Up to `limit` messages, waiting up to `wait_s` (or until `stop`) for a first one;
+        with `cursors`, each with the cursor after it.
 
         Raises: GatewayError.
         """
-        return await self.on_topic(topic, lambda: reader.read(limit, wait_s, stop))
+        return await self.on_topic(topic, lambda: reader.read(limit, wait_s, stop, cursors=cursors))
 
     async def find_tagged(
         self, topic: TopicName, since_ms: int, name: str, prefix: str
@@ -173,7 +188,7 @@ class PulsarService:
                 for delivery in batch:
                     value = delivery.message.properties().get(name, "")
                     if value.startswith(prefix):
-                        found.setdefault(value, position_of(delivery.message.message_id()))
+                        found.setdefault(value, delivery.position)
         return found
 
     @asynccontextmanager
@@ -184,14 +199,17 @@ class PulsarService:
 
         Raises: GatewayError.
         """
-        reader = await self.on_topic(
-            topic,
-            lambda: TopicReader.open(self.client, self.admin, topic, start, queue_size=queue_size),
-        )
+        reader = await self._open_reader(topic, start, queue_size=queue_size)
         try:
             yield reader
         finally:
             await reader.close()
+
+    async def _open_reader(self, topic: TopicName, start: Start, *, queue_size: int) -> TopicReader:
+        return await self.on_topic(
+            topic,
+            lambda: TopicReader.open(self.client, self.admin, topic, start, queue_size=queue_size),
+        )
 
     async def on_topic(self, topic: TopicName, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a Pulsar operation on `topic` of the data cluster, errors as the gateway's."""

@@ -2,6 +2,7 @@
 
 import threading
 import time
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 
@@ -176,3 +177,68 @@ def test_a_cursor_from_one_replica_continues_on_another(
         stop_gateway(other)
     numbers = [m["value"]["n"] for m in first["messages"] + rest["messages"]]
     assert numbers == list(range(30))
+
+
+def readers_on(admin: httpx.Client, topic: str) -> set[str]:
+    """The names of the non-durable subscriptions (readers) open on `topic`."""
+    stats = admin.get(f"/persistent/{topic}/stats")
+    stats.raise_for_status()
+    return {
+        name
+        for name, subscription in stats.json()["subscriptions"].items()
+        if not subscription["isDurable"]
+    }
+
+
+def numbers_of(page: httpx.Response) -> list[int]:
+    assert page.status_code == 200, page.text
+    return [m["value"]["n"] for m in page.json()["messages"]]
+
+
+def test_the_next_page_is_read_by_the_reader_of_the_page_before(
+    http: httpx.Client, admin: httpx.Client, topic: str
+) -> None:
+    publish_keyed(http, topic, 30, batch=30)
+    url = f"/v1/topics/{topic}/messages"
+    first = http.get(url, params={"limit": 10})
+    [reader] = readers_on(admin, topic)
+    second = http.get(url, params={"position": first.json()["next"], "limit": 10})
+    assert numbers_of(second) == list(range(10, 20))
+    assert readers_on(admin, topic) == {reader}, "the second page opened a reader of its own"
+    http.get(url, params={"limit": 10})  # from the start again: a reader of its own
+    assert len(readers_on(admin, topic)) == 2
+
+
+def test_a_page_read_again_from_its_cursor_returns_the_same_messages(
+    http: httpx.Client, topic: str
+) -> None:
+    publish_keyed(http, topic, 30, batch=30)
+    url = f"/v1/topics/{topic}/messages"
+    cursor = http.get(url, params={"limit": 10}).json()["next"]
+    again = [http.get(url, params={"position": cursor, "limit": 10}) for _ in range(2)]
+    assert numbers_of(again[0]) == numbers_of(again[1]) == list(range(10, 20))
+    assert again[0].json()["next"] == again[1].json()["next"]
+    rest = http.get(url, params={"position": again[0].json()["next"]})
+    assert numbers_of(rest) == list(range(20, 30))
+
+
+def test_kept_readers_are_bounded_and_closed_when_idle(
+    pulsar_cluster: PulsarCluster, admin: httpx.Client
+) -> None:
+    gateway = start_gateway(pulsar_cluster, read_readers_kept="1", read_reader_idle_s="1")
+    topics = [f"public/default/t-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    try:
+        with gateway.client() as http:
+            for topic in topics:
+                publish_keyed(http, topic, 5, batch=5)
+            http.get(f"/v1/topics/{topics[0]}/messages", params={"limit": 2})
+            assert len(readers_on(admin, topics[0])) == 1
+            http.get(f"/v1/topics/{topics[1]}/messages", params={"limit": 2})
+            assert readers_on(admin, topics[0]) == set(), "more readers kept than allowed"
+            assert len(readers_on(admin, topics[1])) == 1
+            deadline = time.monotonic() + 10
+            while readers_on(admin, topics[1]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert readers_on(admin, topics[1]) == set(), "an idle reader was kept"
+    finally:
+        stop_gateway(gateway)

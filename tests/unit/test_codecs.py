@@ -3,6 +3,7 @@ import pytest
 from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import (
     EARLIEST,
+    Cursor,
     Position,
     TopicName,
     decode_cursor,
@@ -24,6 +25,17 @@ def test_cursor_round_trips_every_partition_position() -> None:
         -1: Position(12, 7, 3, -1),
         0: Position(2**40, 2**33, -1, 0),
         5: Position(-1, -1, -1, 5),
+    }
+
+
+def test_a_moving_cursor_reads_as_the_cursor_of_its_positions() -> None:
+    cursor = Cursor(TOPIC, {2: EARLIEST, 0: EARLIEST, 1: Position(5, 6, -1, 1)})
+    cursor.move(2, Position(9, 1, 4, 2))
+    cursor.move(0, Position(7, 3, -1, 0))
+    assert decode_cursor(str(cursor), TOPIC) == {
+        0: Position(7, 3, -1, 0),
+        1: Position(5, 6, -1, 1),
+        2: Position(9, 1, 4, 2),
     }
 
 
