@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     # Plain Starlette routes for the hottest paths, matched first; FastAPI's twins of
     # them stay for the OpenAPI document, which is made from FastAPI's routes alone.
-    app.router.routes[0:0] = publish.fast_routes
+    app.router.routes[0:0] = [*publish.fast_routes, *queue.fast_routes]
     respond = functools.partial(
         gateway_error_response, broker_retry_after_s=settings.broker_retry_after_s
     )

@@ -1,5 +1,6 @@
-"""Request bodies the routes read themselves (publish, manifests): their media type, and
-their validation failures reported as FastAPI reports its own (422, field by field)."""
+"""Request bodies the routes read themselves (publish, pull, ack, manifests): their media
+type, and their validation failures reported as FastAPI reports its own (422, field by
+field)."""
 
 from typing import Any, TypeVar
 
@@ -28,3 +29,23 @@ def validated(model: type[Model], body: bytes | Any) -> Model:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
         ) from exc
+
+
+def json_validated(model: type[Model], headers: Headers, body: bytes) -> Model:
+    """`model` from a JSON body, as FastAPI reads one: a body of another media type is
+    not read as JSON (and so is not an object).
+
+    Raises: RequestValidationError.
+    """
+    kind = media_type(headers)
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ("body",),
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                }
+            ]
+        )
+    return validated(model, body)

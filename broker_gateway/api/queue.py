@@ -1,24 +1,27 @@
 """Work-queue subscriptions: configure, pull, ack, nack, extend, seek, redrive."""
 
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
 
-from broker_gateway.api.deps import AppServices, ConsumeTopic
+from broker_gateway.api.bodies import json_validated
+from broker_gateway.api.deps import AppServices, ConsumeTopic, Services, authorize
 from broker_gateway.api.read import Message
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
 from broker_gateway.errors import InvalidRequest
-from broker_gateway.pulsar.codecs import parse_start
+from broker_gateway.pulsar.codecs import TopicName, parse_start
 from broker_gateway.pulsar.messages import render
 from broker_gateway.pulsar.queues import ReceiptCode, Settled, SubscriptionConfig
 
 router = APIRouter(responses=TOPIC_PROBLEMS, tags=["work queues"])
 
 BASE = "/v1/topics/{tenant}/{namespace}/{topic}/subscriptions/{subscription}"
-Subscription = Annotated[
-    str, Path(pattern=r"^[A-Za-z0-9_.=:-]{1,255}$", description="Subscription name")
-]
+SUBSCRIPTION_PATTERN = r"^[A-Za-z0-9_.=:-]{1,255}$"
+Subscription = Annotated[str, Path(pattern=SUBSCRIPTION_PATTERN, description="Subscription name")]
 Receipts = Annotated[list[str], Field(min_length=1, max_length=10_000)]
 
 
@@ -134,6 +137,10 @@ async def pull(
     Unacked past the deadline, a message is delivered again (to any worker, through any
     replica) with `delivery_attempt` + 1. Nothing is acknowledged to Pulsar until an ack.
     """
+    return await _pull(body, topic, subscription, services)
+
+
+async def _pull(body: PullRequest, topic: TopicName, subscription: str, services: Services) -> JSON:
     if body.max_messages > services.settings.max_pull_messages:
         raise InvalidRequest(f"max_messages is at most {services.settings.max_pull_messages}")
     pulled = await services.pulsar.queues.pull(
@@ -159,6 +166,10 @@ async def ack(
     body: AckRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
 ) -> JSON:
     """Done with these messages; works on any replica. Acking twice is harmless."""
+    return await _ack(body, topic, subscription, services)
+
+
+async def _ack(body: AckRequest, topic: TopicName, subscription: str, services: Services) -> JSON:
     return _settled(await services.pulsar.queues.ack(topic, subscription, body.receipts))
 
 
@@ -207,3 +218,49 @@ async def redrive(
     """
     moved = await services.pulsar.queues.redrive(topic, subscription, body.max_messages)
     return JSON({"moved": moved})
+
+
+# Pull and ack as plain Starlette routes, ahead of their FastAPI twins (which document
+# them), as publish is (see publish_route): same checks, in the same order, same errors.
+
+
+async def pull_route(request: Request) -> JSON:
+    services, topic, subscription = _queue_call(request)
+    body = json_validated(PullRequest, request.headers, await request.body())
+    return await _pull(body, topic, subscription, services)
+
+
+async def ack_route(request: Request) -> JSON:
+    services, topic, subscription = _queue_call(request)
+    body = json_validated(AckRequest, request.headers, await request.body())
+    return await _ack(body, topic, subscription, services)
+
+
+def _queue_call(request: Request) -> tuple[Services, TopicName, str]:
+    """The caller is authorized on the topic (401, 422, 403, 429), then the subscription's
+    name is checked (422)."""
+    services: Services = request.app.state.services
+    params = request.path_params
+    topic = authorize(
+        services, request, "consume", params["tenant"], params["namespace"], params["topic"]
+    )
+    subscription: str = params["subscription"]
+    if not _SUBSCRIPTION_NAME.fullmatch(subscription):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("path", "subscription"),
+                    "msg": f"String should match pattern '{SUBSCRIPTION_PATTERN}'",
+                }
+            ]
+        )
+    return services, topic, subscription
+
+
+_SUBSCRIPTION_NAME = re.compile(SUBSCRIPTION_PATTERN.removeprefix("^").removesuffix("$"))
+
+fast_routes = [
+    Route(f"{BASE}/pull", pull_route, methods=["POST"]),
+    Route(f"{BASE}/ack", ack_route, methods=["POST"]),
+]

@@ -34,7 +34,7 @@ from broker_gateway.pulsar.messages import position_of, to_message_id
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per message, and frozen is slower
 class Delivery:
     """A message handed out, with the cursor that continues right after it."""
 

@@ -12,7 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, PulsarCluster, bearer, start_gateway, stop_gateway
+from tests.integration.conftest import (
+    Gateway,
+    PulsarCluster,
+    bearer,
+    start_gateway,
+    stop_gateway,
+    token,
+)
 
 SECRET = "test-receipt-secret"
 
@@ -292,6 +299,50 @@ def test_pull_on_a_missing_subscription_is_404(queue: Queue) -> None:
     response = queue.http.post(queue.url(0, "/pull"), json={})
     assert response.status_code == 404
     assert response.json()["code"] == "subscription_not_found"
+
+
+@pytest.mark.parametrize(
+    ("op", "body", "headers"),
+    [
+        ("pull", {"max_messages": 1001}, {}),
+        ("pull", {"max_messages": 0}, {}),
+        ("pull", {"wait_ms": -1}, {}),
+        ("pull", {"ack_deadline_ms": 99}, {}),
+        ("pull", {"surprise": 1}, {}),
+        ("pull", b"{not json", {"content-type": "application/json"}),
+        ("pull", b'{"max_messages": 1}', {"content-type": "text/plain"}),
+        ("ack", {"receipts": []}, {}),
+        ("ack", {}, {}),
+        ("ack", {"receipts": "one"}, {}),
+        ("ack", b"", {"content-type": "application/json"}),
+    ],
+)
+def test_a_bad_pull_or_ack_is_422_invalid_request(
+    queue: Queue, op: str, body: dict[str, Any] | bytes, headers: dict[str, str]
+) -> None:
+    queue.configure()
+    content = {"content": body} if isinstance(body, bytes) else {"json": body}
+    response = queue.http.post(queue.url(0, f"/{op}"), headers=headers, **content)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("op", ["pull", "ack"])
+def test_pull_and_ack_check_the_caller_then_the_subscription_name(
+    queue: Queue, op: str
+) -> None:
+    body = {"receipts": ["x"]} if op == "ack" else {}
+    url = queue.url(0, f"/{op}")
+    anonymous = httpx.post(url, json=body)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["code"] == "unauthenticated"
+    publisher = httpx.post(url, json=body, headers=bearer(token(scopes=["publish"])))
+    assert publisher.status_code == 403
+    bad_name = queue.url(0, f"/{op}").replace("/subscriptions/work/", "/subscriptions/a%20b/")
+    assert httpx.post(bad_name, json=body).status_code == 401  # the caller comes first
+    named = queue.http.post(bad_name, json=body)
+    assert named.status_code == 422
+    assert named.json()["code"] == "invalid_request"
 
 
 def test_configure_is_idempotent_and_get_reports_config_and_stats(queue: Queue) -> None:

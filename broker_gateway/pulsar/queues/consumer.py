@@ -305,6 +305,8 @@ class QueueConsumer:
 
         Raises: PulsarException.
         """
+        if self._current is not None:  # the usual case: no lock to take
+            return self._current
         async with self._opening:
             if self._current is None:
                 self._current = _Receiver(await self._subscribe())
