@@ -328,9 +328,7 @@ def test_a_bad_pull_or_ack_is_422_invalid_request(
 
 
 @pytest.mark.parametrize("op", ["pull", "ack"])
-def test_pull_and_ack_check_the_caller_then_the_subscription_name(
-    queue: Queue, op: str
-) -> None:
+def test_pull_and_ack_check_the_caller_then_the_subscription_name(queue: Queue, op: str) -> None:
     body = {"receipts": ["x"]} if op == "ack" else {}
     url = queue.url(0, f"/{op}")
     anonymous = httpx.post(url, json=body)
