@@ -7,6 +7,8 @@ PUBLISH_PATHS = (
     "native",
     "python client",
     "gateway batched",
+    "gateway batched records",
+    "gateway batched records, JSON schema",
     "gateway single",
     "http floor",
     "pulsar websocket",
@@ -45,6 +47,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             "gateway single / pulsar rest": ratio(tput["gateway single"], tput["pulsar rest"]),
             # What the server stack alone allows: the rest is the gateway's own work.
             "gateway single / http floor": ratio(tput["gateway single"], tput["http floor"]),
+            # What checking each value against the topic's JSON schema costs.
+            "records with schema / without": ratio(
+                tput["gateway batched records, JSON schema"], tput["gateway batched records"]
+            ),
             "added p50 ms (gateway single - native)": added(lat, "p50"),
             "added p99 ms (gateway single - native)": added(lat, "p99"),
         }

@@ -3,7 +3,8 @@
 On the same broker, interleaved round by round, with 100 B and 1 KiB payloads:
 
 1. publish throughput: native pulsar-client (Go, batching on) vs the gateway's batched
-   publish (100 messages a request) vs its single-message publish vs Pulsar's own WebSocket
+   publish (100 messages a request; also as JSON records, to a topic without and with a
+   JSON schema, to price the contract check) vs its single-message publish vs Pulsar's own WebSocket
    producer vs Pulsar's own REST produce endpoint, the HTTP paths at one concurrency; and,
    as references, pulsar-client for Python (what the gateway is built on) on its own, and
    the HTTP floor (bench/floor.py: the gateway's server stack answering without working);
@@ -45,6 +46,27 @@ SERVICE_URL = "pulsar://127.0.0.1:6650"
 ADMIN_URL = "http://127.0.0.1:8080"
 WS_URL = "ws://127.0.0.1:8080"
 NAMESPACE = "public/default"
+# The gateway's publish paths: bench/loadgen's http-publish mode, and messages a request.
+GATEWAY_MODES = {
+    "gateway batched": ("gateway-json", "100"),
+    "gateway batched records": ("gateway-record", "100"),
+    "gateway batched records, JSON schema": ("gateway-record", "100"),
+    "gateway single": ("gateway-raw", "1"),
+}
+# The JSON schema that the "gateway batched records" values conform to (bench/loadgen's
+# RecordSchema): the same values, published with and without a contract to check.
+RECORD_SCHEMA = json.dumps(
+    {
+        "type": "record",
+        "name": "BenchRecord",
+        "fields": [
+            {"name": "id", "type": "string"},
+            {"name": "n", "type": "long"},
+            {"name": "tags", "type": {"type": "array", "items": "string"}},
+            {"name": "payload", "type": "string"},
+        ],
+    }
+)
 SECRET = "bench-only-signing-secret-of-at-least-32-bytes"
 
 Result = dict[str, Any]
@@ -234,23 +256,20 @@ class Bench:
                 *timing,
             )
         url = f"{self.gateway}/v1/topics/{topic}/messages"
-        if path == "gateway batched":
+        if path in GATEWAY_MODES:
+            if path.endswith("JSON schema"):
+                self.admin.post(
+                    f"/schemas/{topic}/schema",
+                    json={"type": "JSON", "schema": RECORD_SCHEMA, "properties": {}},
+                ).raise_for_status()
+            mode, batch = GATEWAY_MODES[path]
             return load(
-                "http-publish",
-                "-mode",
-                "gateway-json",
-                "-batch",
-                "100",
-                "-url",
-                url,
-                *self.auth,
-                *timing,
+                "http-publish", "-mode", mode, "-batch", batch, "-url", url, *self.auth, *timing
             )
         if path == "http floor":
             floor = f"http://127.0.0.1:{self.options.port + 1}/v1/topics/{topic}/messages"
             return load("http-publish", "-mode", "gateway-raw", "-url", floor, *timing)
-        assert path == "gateway single"
-        return load("http-publish", "-mode", "gateway-raw", "-url", url, *self.auth, *timing)
+        raise AssertionError(f"unknown path {path}")
 
     # 3: work queue ---------------------------------------------------------------------
 

@@ -48,6 +48,23 @@ class IdempotencyKeyInUse(GatewayError):
     retryable = True
 
 
+class SchemaViolation(InvalidRequest):
+    """A published value does not conform to its topic's schema; nothing was published."""
+
+    def __init__(self, version: int, failures: list[dict[str, Any]]) -> None:
+        listed = "; ".join(f"message {f['index']}: {f['path']}: {f['error']}" for f in failures)
+        super().__init__(f"not under the topic's schema (version {version}): {listed}")
+        self.extra = {"schema_version": version, "errors": failures}
+
+
+class SchemaNotSupported(InvalidRequest):
+    """The topic's schema type cannot be published over HTTP (yet)."""
+
+
+class SchemaVersionUnknown(InvalidRequest):
+    """A publish pinned a schema version the topic does not have."""
+
+
 class InvalidManifest(InvalidRequest):
     """A manifest set is malformed or asks for what Pulsar cannot do; nothing was changed."""
 
@@ -157,6 +174,9 @@ PROBLEMS: dict[type[GatewayError], ProblemType] = {
     InvalidRequest: ProblemType(422, "invalid_request", "Invalid request"),
     IdempotencyKeyReused: ProblemType(422, "idempotency_key_reused", "Idempotency-Key reused"),
     IdempotencyKeyInUse: ProblemType(409, "idempotency_key_in_use", "Idempotency-Key in use"),
+    SchemaViolation: ProblemType(422, "schema_violation", "Schema violation"),
+    SchemaNotSupported: ProblemType(422, "schema_not_supported", "Schema not supported"),
+    SchemaVersionUnknown: ProblemType(422, "schema_version_unknown", "Schema version unknown"),
     InvalidManifest: ProblemType(422, "invalid_manifest", "Invalid manifest"),
     DestructiveChangeRefused: ProblemType(
         409, "destructive_change_refused", "Destructive change refused"

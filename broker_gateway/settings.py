@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_s: int = Field(default=86_400, ge=60)
 
+    # A topic's schema (its contract, checked on publish) is fetched once per topic this
+    # often at most; an apply through this replica is taken up at once.
+    schema_refresh_s: float = Field(default=5.0, gt=0)
+
     # A paged read keeps its reader this long for the page after it (a request whose
     # `position` is that page's `next`), at most this many per replica: the next page then
     # costs no reader to open and no seek. 0 readers: every page opens its own.

@@ -205,6 +205,21 @@ func batchBody(field, b64 string, n int) []byte {
 	return buf.Bytes()
 }
 
+// recordBody is a batch of n JSON records carrying the payload as text; they conform to
+// bench/run.py's RECORD_SCHEMA.
+func recordBody(b64 string, n int) []byte {
+	var buf bytes.Buffer
+	buf.WriteString(`{"messages":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		fmt.Fprintf(&buf, `{"value":{"id":"order-%d","n":%d,"tags":["a","b"],"payload":"%s"}}`, i, i, b64)
+	}
+	buf.WriteString(`]}`)
+	return buf.Bytes()
+}
+
 // parseHTTPCommand parses an HTTP subcommand's flags: the common ones, the HTTP ones
 // (-url defaulting to defaultURL) and those `extra` registers.
 func parseHTTPCommand(name string, kind cmdKind, defaultURL string, args []string, extra func(*flag.FlagSet)) (*common, *httpFlags, error) {
@@ -228,8 +243,8 @@ func runHTTPPublish(args []string) (*Result, error) {
 	var mode *string
 	c, h, err := parseHTTPCommand("http-publish", kindLoad, "http://127.0.0.1:8000/v1/topics/public/default/bench/messages", args,
 		func(fs *flag.FlagSet) {
-			batch = fs.Int("batch", 1, "messages per request (gateway-json, pulsar-rest)")
-			mode = fs.String("mode", "gateway-json", "gateway-json | gateway-raw | pulsar-rest")
+			batch = fs.Int("batch", 1, "messages per request (gateway-json, gateway-record, pulsar-rest)")
+			mode = fs.String("mode", "gateway-json", "gateway-json | gateway-record | gateway-raw | pulsar-rest")
 		})
 	if err != nil {
 		return nil, err
@@ -243,6 +258,8 @@ func runHTTPPublish(args []string) (*Result, error) {
 	switch *mode {
 	case "gateway-json":
 		t.body, t.contentType = batchBody("data", b64, *batch), "application/json"
+	case "gateway-record":
+		t.body, t.contentType = recordBody(b64, *batch), "application/json"
 	case "pulsar-rest":
 		t.body, t.contentType = batchBody("payload", b64, *batch), "application/json"
 	case "gateway-raw":

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from broker_gateway.api.bodies import media_type, validated
-from broker_gateway.api.deps import CurrentPrincipal, Engine
+from broker_gateway.api.deps import AppServices, CurrentPrincipal, Engine
 from broker_gateway.api.responses import JSON, V1_PROBLEMS, inline_schema, problems
 from broker_gateway.auth import Principal
 from broker_gateway.errors import InvalidManifest
@@ -145,6 +145,7 @@ async def apply(
     request: Request,
     engine: Engine,
     principal: CurrentPrincipal,
+    services: AppServices,
     allow_destructive: AllowDestructive = False,
     prune: Prune = False,
 ) -> JSON:
@@ -163,6 +164,11 @@ async def apply(
         allow_destructive=options.allow_destructive,
         prune=options.prune,
         may_register_peers=principal.platform_admin,
+    )
+    # This replica checks publishes against the new schemas at once; others within
+    # GATEWAY_SCHEMA_REFRESH_S.
+    services.pulsar.schemas.forget(
+        c.ref.name for c in applied.plan.pending if c.ref.kind == "Topic"
     )
     return JSON(
         {

@@ -14,10 +14,17 @@ from starlette.routing import Route
 from broker_gateway.api.bodies import media_type, validated
 from broker_gateway.api.deps import AppServices, PublishTopic, Services, authorize
 from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema, problems
-from broker_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, problem_for
+from broker_gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    SchemaVersionUnknown,
+    problem_for,
+)
 from broker_gateway.pulsar.codecs import TopicName, parse_time
+from broker_gateway.pulsar.contracts import conform
 from broker_gateway.pulsar.idempotency import Answer
-from broker_gateway.pulsar.messages import OutgoingMessage
+from broker_gateway.pulsar.messages import RAW, OutgoingMessage
 from broker_gateway.pulsar.publishing import Outcome
 from broker_gateway.settings import Settings
 
@@ -73,8 +80,10 @@ class PublishMessage(BaseModel):
         return self
 
     def outgoing(self) -> OutgoingMessage:
+        value = RAW
         if self.data is None:
-            payload = orjson.dumps(self.value)
+            value = self.value
+            payload = orjson.dumps(value)
         else:
             try:
                 payload = binascii.a2b_base64(self.data, strict_mode=True)
@@ -89,6 +98,7 @@ class PublishMessage(BaseModel):
             deliver_at_ms=self.deliver_at,
             deliver_after_ms=self.deliver_after_ms,
             sequence_id=self.sequence_id,
+            value=value,
         )
 
 
@@ -103,6 +113,16 @@ class PublishRequest(BaseModel):
             "A stable producer name. With per-message `sequence_id`s and deduplication "
             "enabled on the namespace, Pulsar drops a message whose sequence id it has "
             "already persisted for this producer: retries become effectively-once."
+        ),
+    )
+
+    schema_version: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "On a topic with a schema: the version the values were written against. They "
+            "are checked against it and published with it; a value that fits only another "
+            "version is refused. Default: the topic's latest schema."
         ),
     )
 
@@ -136,7 +156,9 @@ _REQUEST_BODY: dict[str, Any] = {
                 "Any other Content-Type: one message whose bytes are the body. Headers: "
                 "X-Message-Key, X-Message-Ordering-Key, X-Message-Event-Time, "
                 "X-Message-Deliver-After-Ms, X-Message-Deliver-At, "
-                "X-Message-Property-{name} (names arrive lower-cased)."
+                "X-Message-Property-{name} (names arrive lower-cased), X-Schema-Version "
+                "(as `schema_version`). On a topic with a schema, the bytes must decode "
+                "under it."
             ),
         },
     },
@@ -177,6 +199,19 @@ async def publish(
     200 only once the broker has persisted every message; 207 lists an error for each one
     that failed; if all fail, the response is the first failure's problem (e.g. 503).
     Messages keep their order within the batch.
+
+    **Data contracts.** On a topic with a registered `JSON` or `AVRO` schema, each `value`
+    must conform to its Avro record definition: fields of the declared types, required
+    ones present (a field with a default or a nullable one may be left out), and no field
+    the schema does not declare. `data` must be bytes that decode under the schema.
+    Primitive schemas (`STRING`, `INT8` to `INT64`, `FLOAT`, `DOUBLE`, `BOOLEAN`) take a
+    JSON value of their kind. Conforming messages are published with the topic's schema,
+    so Pulsar stamps its version on each (`AVRO` values are stored as Avro binary; reads
+    return them as JSON). One message that does not conform refuses the whole request:
+    `422 schema_violation`, listing each failure's message `index`, JSON `path` and
+    `error`, with the `schema_version` checked; nothing is published. `PROTOBUF`,
+    `PROTOBUF_NATIVE` and other types: `422 schema_not_supported`. The gateway never
+    registers or changes a schema: contracts change through manifests.
     """
     return await _publish(request, topic, services, idempotency_key)
 
@@ -208,11 +243,16 @@ async def _publish(
     request: Request, topic: TopicName, services: Services, idempotency_key: str | None
 ) -> JSON:
     body = await request.body()
-    producer, messages = _parse(request.headers, body, services.settings)
+    producer, schema_version, messages = _parse(request.headers, body, services.settings)
     services.limits.published(topic.tenant, len(body))
+    contract = await services.pulsar.contract(topic, schema_version)
+    if contract is not None:
+        conform(contract, messages)
+    elif schema_version is not None:
+        raise SchemaVersionUnknown(f"topic {topic} has no schema")
 
     async def send(batch: list[OutgoingMessage]) -> list[Outcome]:
-        outcomes = await services.pulsar.publish(topic, batch, producer)
+        outcomes = await services.pulsar.publish(topic, batch, producer, contract)
         failed = sum(isinstance(o, GatewayError) for o in outcomes)
         services.metrics.published.labels("persisted").inc(len(outcomes) - failed)
         services.metrics.published.labels("failed").inc(failed)
@@ -240,17 +280,23 @@ fast_routes = [Route(PUBLISH_PATH, publish_route, methods=["POST"])]
 
 def _parse(
     headers: Headers, body: bytes, settings: Settings
-) -> tuple[str | None, list[OutgoingMessage]]:
-    """Raises: RequestValidationError, InvalidRequest."""
+) -> tuple[str | None, int | None, list[OutgoingMessage]]:
+    """The producer name, the schema version pinned, and the messages.
+
+    Raises: RequestValidationError, InvalidRequest.
+    """
     if media_type(headers) != "application/json":
-        return None, [_raw_message(headers, body)]
+        version = headers.get("x-schema-version")
+        if version is not None and not version.isdigit():
+            raise InvalidRequest("X-Schema-Version must be a schema version number")
+        return None, None if version is None else int(version), [_raw_message(headers, body)]
     request = validated(PublishRequest, body)
     if len(request.messages) > settings.max_messages_per_request:
         raise PayloadTooLarge(
             f"{len(request.messages)} messages in one request; the limit is "
             f"{settings.max_messages_per_request}"
         )
-    return request.producer, [m.outgoing() for m in request.messages]
+    return request.producer, request.schema_version, [m.outgoing() for m in request.messages]
 
 
 def _raw_message(headers: Headers, body: bytes) -> OutgoingMessage:

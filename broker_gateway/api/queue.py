@@ -153,8 +153,9 @@ async def _pull(body: PullRequest, topic: TopicName, subscription: str, services
     )
     services.metrics.read.inc(len(pulled))
     messages: list[dict[str, Any]] = []
+    decoders = await services.pulsar.decoders(topic, (item.message for item in pulled))
     for item in pulled:
-        message = render(item.message)
+        message = render(item.message, decoders=decoders)
         message["receipt"] = item.receipt
         message["delivery_attempt"] = item.delivery_attempt
         messages.append(message)

@@ -62,7 +62,8 @@ async def read(
 ) -> JSON:
     """Read a page from `position`; `next` continues exactly after it, on any replica.
 
-    Reads use non-durable readers: they create no subscription and move nobody's cursor.
+    Reads use non-durable readers: they create no durable subscription and move nobody's
+    cursor (a replica keeps a page's reader a few seconds, for the page after it).
     On a partitioned topic the page merges partitions by publish time; order per key holds.
     A topic that does not exist is created on first use if its namespace allows it
     (Pulsar's auto-creation policy), else 404 `topic_not_found`.
@@ -83,10 +84,12 @@ async def read(
     )
     services.metrics.read.inc(len(deliveries))
     base64_only = encoding == "base64"
+    decoders = await services.pulsar.decoders(topic, (d.message for d in deliveries))
     return JSON(
         {
             "messages": [
-                render(d.message, d.position, base64_only=base64_only) for d in deliveries
+                render(d.message, d.position, base64_only=base64_only, decoders=decoders)
+                for d in deliveries
             ],
             "next": cursor,
         }

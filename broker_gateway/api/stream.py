@@ -1,6 +1,6 @@
 """GET /v1/topics/{tenant}/{namespace}/{topic}/stream: follow a topic live."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Annotated
 
@@ -14,6 +14,7 @@ from broker_gateway.api.read import Encoding, Position
 from broker_gateway.api.responses import TOPIC_PROBLEMS
 from broker_gateway.errors import GatewayError, problem_body, problem_for
 from broker_gateway.pulsar.codecs import parse_start
+from broker_gateway.pulsar.contracts import Contract
 from broker_gateway.pulsar.messages import render
 from broker_gateway.pulsar.reading import Delivery
 
@@ -111,7 +112,9 @@ async def stream(
                 )
                 services.metrics.read.inc(len(batch))
                 if batch:
-                    for chunk in _chunks(encode(d, base64_only) for d in batch):
+                    decoders = await services.pulsar.decoders(topic, (d.message for d in batch))
+                    events = (encode(d, base64_only, decoders) for d in batch)
+                    for chunk in _chunks(events):
                         yield chunk
                 elif not stop.is_set():
                     yield b"\n" if ndjson else b": heartbeat\n\n"
@@ -147,13 +150,18 @@ def _chunks(events: Iterable[bytes]) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def _sse(delivery: Delivery, base64_only: bool) -> bytes:
-    data = orjson.dumps(render(delivery.message, delivery.position, base64_only=base64_only))
+def _sse(delivery: Delivery, base64_only: bool, decoders: Mapping[int, Contract]) -> bytes:
+    message = render(
+        delivery.message, delivery.position, base64_only=base64_only, decoders=decoders
+    )
+    data = orjson.dumps(message)
     assert delivery.cursor is not None
     return b"id: " + delivery.cursor.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def _ndjson(delivery: Delivery, base64_only: bool) -> bytes:
-    message = render(delivery.message, delivery.position, base64_only=base64_only)
+def _ndjson(delivery: Delivery, base64_only: bool, decoders: Mapping[int, Contract]) -> bytes:
+    message = render(
+        delivery.message, delivery.position, base64_only=base64_only, decoders=decoders
+    )
     message["cursor"] = delivery.cursor
     return orjson.dumps(message) + b"\n"

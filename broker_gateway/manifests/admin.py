@@ -123,6 +123,7 @@ class ManifestAdmin:
             if quota is None
             else BacklogQuota(size=_megabytes(quota["limitSize"]), policy=quota["policy"]),
             "schema_compatibility": None if compatibility in (None, "UNDEFINED") else compatibility,
+            "schema_validation_enforced": policies.get("schema_validation_enforced") or None,
             "delayed_delivery": None if delayed is None else bool(delayed.get("active")),
         }
 
@@ -152,6 +153,8 @@ class ManifestAdmin:
             await self._call(
                 "PUT", f"{base}/schemaCompatibilityStrategy", json=value or "UNDEFINED"
             )
+        elif field == "schema_validation_enforced":
+            await self._call("POST", f"{base}/schemaValidationEnforced", json=bool(value))
         elif field == "delayed_delivery":
             delayed = None if value is None else {"active": value, "tickTime": _DELAYED_TICK_MS}
             await self._set_or_delete(f"{base}/delayedDelivery", delayed)

@@ -36,6 +36,7 @@ _NAMESPACE_FIELDS: Final = (
     "deduplication",
     "backlog_quota",
     "schema_compatibility",
+    "schema_validation_enforced",
     "delayed_delivery",
 )
 _TOPIC_FIELDS: Final = ("replication", "retention", "message_ttl", "deduplication", "schema")

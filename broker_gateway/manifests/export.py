@@ -109,6 +109,7 @@ def _namespace(name: str, states: Mapping[str, Mapping[Ref, Fields]]) -> Namespa
             deduplication=fields["deduplication"],
             backlog_quota=fields["backlog_quota"],
             schema_compatibility=fields["schema_compatibility"],
+            schema_validation_enforced=fields["schema_validation_enforced"],
             delayed_delivery=fields["delayed_delivery"],
         ),
     )

@@ -57,7 +57,20 @@ SchemaCompatibility = Literal[
     "FORWARD_TRANSITIVE",
     "FULL_TRANSITIVE",
 ]
-SchemaType = Literal["JSON", "AVRO", "PROTOBUF", "STRING", "BYTES", "INT64", "BOOLEAN"]
+SchemaType = Literal[
+    "JSON",
+    "AVRO",
+    "PROTOBUF",
+    "STRING",
+    "BYTES",
+    "BOOLEAN",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FLOAT",
+    "DOUBLE",
+]
 _STRUCT_SCHEMAS: Final = ("JSON", "AVRO", "PROTOBUF")
 
 
@@ -159,6 +172,9 @@ class NamespaceSpec(Spec):
     deduplication: bool | None = None
     backlog_quota: BacklogQuota | None = None
     schema_compatibility: SchemaCompatibility | None = None
+    # Pulsar refuses producers without a schema on its topics that have one (the gateway
+    # always publishes with the topic's schema).
+    schema_validation_enforced: bool | None = None
     delayed_delivery: bool | None = None
 
 

@@ -164,6 +164,8 @@ def _desired_namespaces(manifests: Manifests) -> Iterator[_Desired]:
                     "deduplication": spec.deduplication,
                     "backlog_quota": spec.backlog_quota,
                     "schema_compatibility": spec.schema_compatibility,
+                    # Off is Pulsar's default: false and unset are the same.
+                    "schema_validation_enforced": spec.schema_validation_enforced or None,
                     "delayed_delivery": spec.delayed_delivery,
                 },
             )

@@ -9,6 +9,9 @@ from typing import Any, Final
 import pulsar
 import pulsar.asyncio
 
+from broker_gateway.pulsar.contracts import Contract
+from broker_gateway.pulsar.schemas import ContractSchema
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +35,8 @@ PRODUCER_OPTIONS: Final[dict[str, Any]] = {
 
 # A producer is shared by every request to its topic, or named by the client: a named
 # producer carries the client's sequence ids, which Pulsar's broker deduplication checks.
-ProducerKey = tuple[str, str | None]
+# On a topic with a schema, it presents one version of it: (topic, name, schema version).
+ProducerKey = tuple[str, str | None, int | None]
 
 
 class ProducerCache:
@@ -54,17 +58,25 @@ class ProducerCache:
         self._named_idle_timeout_s = named_idle_timeout_s
         self._entries: dict[ProducerKey, _Entry] = {}
         self._creating: dict[ProducerKey, asyncio.Task[_Entry]] = {}
+        self._schemas: dict[ProducerKey, ContractSchema] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._close_idle_forever(), name="producer-reaper")
 
-    async def acquire(self, topic: str, name: str | None = None) -> _Entry:
-        """The topic's producer (or its producer `name`), marked in use until release().
+    async def acquire(
+        self, topic: str, name: str | None = None, contract: Contract | None = None
+    ) -> _Entry:
+        """The topic's producer (or its producer `name`), marked in use until release();
+        with `contract`, one that publishes with that version of the topic's schema.
 
         Raises: PulsarException when the producer cannot be created.
         """
-        key = (topic, name)
+        if contract is not None and ContractSchema.possible(contract):
+            key: ProducerKey = (topic, name, contract.version)
+            self._schemas.setdefault(key, ContractSchema(contract))
+        else:  # no schema, or one pulsar-client cannot present: plain bytes
+            key = (topic, name, None)
         entry = self._entries.get(key)
         if entry is None:
             task = self._creating.get(key)
@@ -84,10 +96,11 @@ class ProducerCache:
         entry.last_used = time.monotonic()
 
     async def _create(self, key: ProducerKey) -> _Entry:
-        topic, name = key
+        topic, name, _ = key
         producer = await self._client.create_producer(
             topic,
             producer_name=name,
+            schema=self._schemas.get(key),
             block_if_queue_full=False,
             send_timeout_millis=self._send_timeout_ms,
             **PRODUCER_OPTIONS,
@@ -115,6 +128,7 @@ class ProducerCache:
 
     async def _close(self, key: ProducerKey) -> None:
         entry = self._entries.pop(key, None)
+        self._schemas.pop(key, None)
         if entry is None:
             return
         try:

@@ -8,6 +8,7 @@ import _pulsar
 from broker_gateway.errors import BrokerTimeout, BrokerUnavailable, GatewayError
 from broker_gateway.pulsar.bridge import Gathering, error_of, send_async_of
 from broker_gateway.pulsar.codecs import Position, TopicName
+from broker_gateway.pulsar.contracts import Contract
 from broker_gateway.pulsar.errors import translate
 from broker_gateway.pulsar.messages import OutgoingMessage, position_of
 from broker_gateway.pulsar.producers import ProducerCache
@@ -48,6 +49,7 @@ async def publish(
     messages: list[OutgoingMessage],
     *,
     producer_name: str | None = None,
+    contract: Contract | None = None,
 ) -> list[Outcome]:
     """Send every message and report each one's outcome.
 
@@ -57,7 +59,7 @@ async def publish(
     Raises: GatewayError when the topic's producer cannot be had (nothing was sent).
     """
     try:
-        entry = await producers.acquire(topic.persistent, producer_name)
+        entry = await producers.acquire(topic.persistent, producer_name, contract)
     except Exception as exc:
         raise _unavailable(translate(exc)) from exc
     sends = Gathering(len(messages))

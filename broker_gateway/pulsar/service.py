@@ -3,9 +3,9 @@
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pulsar.asyncio
 
@@ -13,11 +13,13 @@ from broker_gateway.errors import GatewayError
 from broker_gateway.pulsar import errors, publishing
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.codecs import Position, Start, TopicName
+from broker_gateway.pulsar.contracts import Contract
 from broker_gateway.pulsar.idempotency import IdempotencyStore
 from broker_gateway.pulsar.messages import OutgoingMessage
 from broker_gateway.pulsar.producers import ProducerCache
 from broker_gateway.pulsar.queues import QueueService, ReceiptSigner
 from broker_gateway.pulsar.reading import Delivery, ReaderCache, TopicReader
+from broker_gateway.pulsar.schemas import Schemas
 from broker_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class PulsarService:
             # persisted or failed within the send timeout; 5 s for the replicas' clocks.
             in_doubt_s=settings.pulsar_operation_timeout_s + settings.pulsar_send_timeout_s + 5,
         )
+        self.schemas = Schemas(self.admin, refresh_s=settings.schema_refresh_s)
         self.readers = ReaderCache(settings.read_readers_kept, settings.read_reader_idle_s)
         self.queues = QueueService(
             self.client,
@@ -120,15 +123,52 @@ class PulsarService:
         return dict(zip(names, results, strict=True))
 
     async def publish(
-        self, topic: TopicName, messages: list[OutgoingMessage], producer_name: str | None
+        self,
+        topic: TopicName,
+        messages: list[OutgoingMessage],
+        producer_name: str | None,
+        contract: Contract | None = None,
     ) -> list[publishing.Outcome]:
-        """Raises: GatewayError when nothing could be sent."""
+        """Send messages already under `contract` (the topic's schema at one version),
+        with a producer presenting that schema.
+
+        Raises: GatewayError when nothing could be sent.
+        """
         return await self.on_topic(
             topic,
             lambda: publishing.publish(
-                self.producers, topic, messages, producer_name=producer_name
+                self.producers, topic, messages, producer_name=producer_name, contract=contract
             ),
         )
+
+    async def contract(self, topic: TopicName, version: int | None = None) -> Contract | None:
+        """The topic's contract: its latest schema, or the `version` pinned; None when it
+        has no schema (or one that constrains nothing, like BYTES).
+
+        Raises: SchemaVersionUnknown; GatewayError.
+        """
+        if version is None:
+            return await self.schemas.current(topic)
+        return await self.schemas.version(topic, version)
+
+    async def decoders(self, topic: TopicName, messages: Iterable[Any]) -> dict[int, Contract]:
+        """The contracts that turn these messages' payloads into JSON values, by schema
+        version: for AVRO and primitive schemas (JSON payloads are JSON already). Empty
+        when there is nothing to decode, or the schemas cannot be had now (the payloads
+        then go out as they are stored)."""
+        try:
+            current = await self.schemas.current(topic)
+            if current is None or current.type == "JSON":
+                return {}
+            versions = {m.int_schema_version() for m in messages}
+            found = await self.schemas.by_version(topic, versions)
+            # Messages with no version (pulsar-client stamps none for primitive schemas):
+            # the topic's schema; bytes that do not decode under it go out as `data`.
+            found[-1] = current
+            return found
+        except GatewayError as exc:
+            log.warning("reading %s without its schema: %s", topic, exc.detail)
+            return {}
 
     async def read(
         self,
