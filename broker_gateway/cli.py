@@ -22,11 +22,13 @@ from pydantic import ValidationError
 
 from broker_gateway.auth import SCOPES, Authenticator, mint
 from broker_gateway.errors import GatewayError, problem_for
+from broker_gateway.manifests.audit import AuditLog, cli_actor
 from broker_gateway.manifests.engine import ManifestEngine
 from broker_gateway.manifests.loader import load_paths
 from broker_gateway.manifests.render import plan_json, plan_text
 from broker_gateway.manifests.units import parse_duration
 from broker_gateway.pulsar.admin import PulsarAdmin
+from broker_gateway.pulsar.service import connect
 from broker_gateway.settings import Settings
 
 
@@ -146,9 +148,12 @@ async def _engine(settings: Settings) -> AsyncIterator[ManifestEngine]:
         c.name: PulsarAdmin(c, timeout_s=settings.pulsar_operation_timeout_s)
         for c in settings.clusters
     }
+    client = connect(settings)  # for the audit trail, on the data cluster
     try:
-        yield ManifestEngine(settings.clusters, admins)
+        audit = AuditLog(client, admins[settings.data_cluster.name])
+        yield ManifestEngine(settings.clusters, admins, audit)
     finally:
+        await client.close()
         for admin in admins.values():
             await admin.close()
 
@@ -176,7 +181,7 @@ async def _apply(args: argparse.Namespace, settings: Settings) -> int:
     raw = load_paths(args.paths)
     async with _engine(settings) as engine:
         applied = await engine.apply(
-            raw, allow_destructive=args.allow_destructive, prune=args.prune
+            raw, allow_destructive=args.allow_destructive, prune=args.prune, actor=cli_actor()
         )
     if args.json:
         print(json.dumps({**plan_json(applied.plan), "steps": applied.steps}, indent=2))
@@ -198,6 +203,23 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(text)
     else:
         await asyncio.to_thread(Path(args.output).write_text, text, encoding="utf-8")
+    return 0
+
+
+async def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    async with _engine(settings) as engine:
+        records = await engine.audit(args.tenant, args.limit)
+    if args.json:
+        print(json.dumps({"records": records}, indent=2))
+        return 0
+    for record in records:
+        summary = record["plan"]["summary"] if record["plan"] else {}
+        changes = ", ".join(f"{n} {action}" for action, n in summary.items() if n) or "-"
+        error = record.get("error", {}).get("code", "")
+        print(
+            f"{record['time']}  {record['actor']}  {record['outcome']:<8} {record['digest'][:19]}"
+            f"  {changes}  {error}".rstrip()
+        )
     return 0
 
 
@@ -268,6 +290,12 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--prune", action="store_true", help="delete what no manifest declares")
     apply.add_argument("--json", action="store_true", help="print plan and steps as JSON")
     apply.set_defaults(run=_run(_apply))
+
+    audit = commands.add_parser("audit", help="show a tenant's audit trail of applies")
+    audit.add_argument("--tenant", required=True, help="the tenant whose trail to show")
+    audit.add_argument("--limit", type=int, default=100, help="the last this many (default 100)")
+    audit.add_argument("--json", action="store_true", help="print the records as JSON")
+    audit.set_defaults(run=_run(_audit))
 
     token = commands.add_parser("token", help="mint a token (or an API key) for local use")
     token.add_argument("--principal", default="developer", help="who the token names (sub)")

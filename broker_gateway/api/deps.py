@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from broker_gateway.auth import Authenticator, Principal, Scope
 from broker_gateway.draining import Draining
 from broker_gateway.limits import StreamSlots, TenantLimits
+from broker_gateway.manifests.audit import AuditLog
 from broker_gateway.manifests.engine import ManifestEngine
 from broker_gateway.metrics import Metrics
 from broker_gateway.pulsar.codecs import TopicName
@@ -58,7 +59,9 @@ async def _principal(
 
 async def _engine(request: Request) -> ManifestEngine:
     services: Services = request.app.state.services
-    return ManifestEngine(services.settings.clusters, services.pulsar.admins)
+    pulsar = services.pulsar
+    audit = AuditLog(pulsar.client, pulsar.admin)
+    return ManifestEngine(services.settings.clusters, pulsar.admins, audit)
 
 
 def _authorized(scope: Scope) -> Callable[..., Awaitable[TopicName]]:

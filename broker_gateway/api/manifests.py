@@ -13,6 +13,7 @@ from broker_gateway.api.deps import AppServices, CurrentPrincipal, Engine
 from broker_gateway.api.responses import JSON, V1_PROBLEMS, inline_schema, problems
 from broker_gateway.auth import Principal
 from broker_gateway.errors import InvalidManifest
+from broker_gateway.manifests.audit import tenants_named
 from broker_gateway.manifests.loader import Raw, parse_text
 from broker_gateway.manifests.model import ManifestProblem, Name
 from broker_gateway.manifests.render import plan_json, plan_text
@@ -59,28 +60,13 @@ class _Options:
         self.raw, self.allow_destructive, self.prune = raw, allow_destructive, prune
 
 
-def _tenants(raw: Raw) -> set[str]:
-    """The tenants documents name, read before any validation so that the caller's rights
-    are checked first."""
-    tenants = set()
-    for _, document in raw:
-        metadata = document.get("metadata") if isinstance(document, dict) else None
-        if not isinstance(metadata, dict):
-            continue
-        name = metadata.get("topic") if document.get("kind") == "Subscription" else None
-        name = name or metadata.get("name")
-        if isinstance(name, str):
-            tenants.add(name.split("/")[0])
-    return tenants
-
-
 async def _read(
     request: Request, principal: Principal, allow_destructive: bool, prune: bool
 ) -> _Options:
     """The manifests of the body, once the caller is admin of every tenant they name."""
     principal.require_scope("admin")
     options = await _parse(request, allow_destructive, prune)
-    principal.require("admin", _tenants(options.raw))
+    principal.require("admin", tenants_named(options.raw))
     return options
 
 
@@ -157,6 +143,9 @@ async def apply(
     Destructive changes need `allow_destructive`, else 409 `destructive_change_refused`
     and nothing changes. Applying the same manifests again is a no-op. A step that fails
     after retries ends the apply: 502 `apply_failed` lists the steps that ran.
+
+    Every apply, however it ends, is recorded in the audit trail of each tenant it names
+    (see `GET /v1/manifests/audit`).
     """
     options = await _read(request, principal, allow_destructive, prune)
     applied = await engine.apply(
@@ -164,6 +153,7 @@ async def apply(
         allow_destructive=options.allow_destructive,
         prune=options.prune,
         may_register_peers=principal.platform_admin,
+        actor=principal.name,
     )
     # This replica checks publishes against the new schemas at once; others within
     # GATEWAY_SCHEMA_REFRESH_S.
@@ -207,3 +197,23 @@ async def export(
         text = yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True)
         return Response(text, media_type="application/yaml")
     return JSON({"documents": documents})
+
+
+@router.get("/audit", summary="The audit trail of applies")
+async def audit(
+    engine: Engine,
+    principal: CurrentPrincipal,
+    tenant: Annotated[Name, Query(description="The tenant whose trail to show")],
+    limit: Annotated[int, Query(ge=1, le=10_000, description="The last this many")] = 100,
+) -> JSON:
+    """Every apply that named the tenant, oldest first, from the CLI or over HTTP: `time`,
+    `actor` (the principal, or `cli:{user}`), the manifests' `digest` (SHA-256), its
+    `options`, the `plan` it ran (pending changes), the `outcome` (`applied`, `refused`,
+    `invalid`, `failed`), the `steps` that ran and any `error`. No manifest content and no
+    secret is recorded.
+
+    The trail is the Pulsar topic `{tenant}/broker-gateway/manifest-audit` on the data
+    cluster: it can be read and followed with the Read API too. Needs `admin` on the tenant.
+    """
+    principal.require("admin", [tenant])
+    return JSON({"records": await engine.audit(tenant, limit)})

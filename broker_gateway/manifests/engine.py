@@ -5,9 +5,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker_gateway.errors import DestructiveChangeRefused, Forbidden, InvalidManifest
+from broker_gateway.errors import DestructiveChangeRefused, Forbidden, GatewayError, InvalidManifest
 from broker_gateway.manifests.admin import Fields, ManifestAdmin
 from broker_gateway.manifests.applier import apply_plan
+from broker_gateway.manifests.audit import AuditLog, entry
 from broker_gateway.manifests.export import documents_from_state
 from broker_gateway.manifests.loader import Raw
 from broker_gateway.manifests.model import Manifests, build
@@ -28,8 +29,14 @@ class Applied:
 class ManifestEngine:
     """Works against the configured clusters only: manifests name clusters, never URLs."""
 
-    def __init__(self, clusters: Sequence[Cluster], admins: Mapping[str, PulsarAdmin]) -> None:
+    def __init__(
+        self,
+        clusters: Sequence[Cluster],
+        admins: Mapping[str, PulsarAdmin],
+        audit: AuditLog | None = None,
+    ) -> None:
         self._clusters = list(clusters)
+        self._audit = audit
         tokens = {c.name: c.token for c in self._clusters if c.token is not None}
         self._admins = {name: ManifestAdmin(admin, tokens) for name, admin in admins.items()}
 
@@ -57,23 +64,53 @@ class ManifestEngine:
         allow_destructive: bool = False,
         prune: bool = False,
         may_register_peers: bool = True,
+        actor: str = "unknown",
     ) -> Applied:
-        """Apply what plan shows, in dependency order.
+        """Apply what plan shows, in dependency order, and record it, however it ends, in
+        the audit trail of each tenant named (as `actor`).
 
         Raises: InvalidManifest, DestructiveChangeRefused or Forbidden (a peer cluster to
         register without `may_register_peers`): nothing changed then; ApplyFailed (the
         steps before the failing one took effect); BrokerUnavailable, BrokerTimeout.
         """
-        _, changes = await self._prepare(raw, prune=prune)
-        peers = [c for c in changes.pending if c.ref.kind == "Cluster"]
-        if peers and not may_register_peers:
-            raise Forbidden(
-                "registering clusters with each other needs the platform-wide admin scope "
-                "(admin on tenant *): " + "; ".join(map(str, peers))
-            )
-        if changes.destructive and not allow_destructive:
-            raise DestructiveChangeRefused(changes.destructive)
-        return Applied(changes, await apply_plan(changes, self._admins))
+        options = {"allow_destructive": allow_destructive, "prune": prune}
+        changes: Plan | None = None
+        try:
+            _, changes = await self._prepare(raw, prune=prune)
+            peers = [c for c in changes.pending if c.ref.kind == "Cluster"]
+            if peers and not may_register_peers:
+                raise Forbidden(
+                    "registering clusters with each other needs the platform-wide admin "
+                    "scope (admin on tenant *): " + "; ".join(map(str, peers))
+                )
+            if changes.destructive and not allow_destructive:
+                raise DestructiveChangeRefused(changes.destructive)
+            applied = Applied(changes, await apply_plan(changes, self._admins))
+        except GatewayError as exc:
+            await self._record(raw, actor, options, changes, None, exc)
+            raise
+        await self._record(raw, actor, options, changes, applied.steps, None)
+        return applied
+
+    async def audit(self, tenant: str, limit: int) -> list[dict[str, Any]]:
+        """The tenant's last `limit` apply records, oldest first.
+
+        Raises: GatewayError.
+        """
+        return [] if self._audit is None else await self._audit.read(tenant, limit)
+
+    async def _record(
+        self,
+        raw: Raw,
+        actor: str,
+        options: dict[str, bool],
+        plan: Plan | None,
+        steps: list[dict[str, Any]] | None,
+        error: GatewayError | None,
+    ) -> None:
+        if self._audit is not None:
+            record = entry(raw, actor=actor, options=options, plan=plan, steps=steps, error=error)
+            await self._audit.record(record)
 
     async def export(self, tenants: Sequence[str] = ()) -> list[dict[str, Any]]:
         """The live state of these tenants (all but Pulsar's own when none) as manifests.

@@ -72,6 +72,9 @@ SchemaType = Literal[
     "DOUBLE",
 ]
 _STRUCT_SCHEMAS: Final = ("JSON", "AVRO", "PROTOBUF")
+# Every tenant's namespace of this name holds the gateway's audit trail of applies:
+# manifests do not declare it, and export and prune leave it alone.
+RESERVED_NAMESPACE: Final = "broker-gateway"
 
 
 class Spec(BaseModel):
@@ -399,6 +402,8 @@ def _namespace_problems(m: Manifests) -> list[ManifestProblem]:
     problems = []
     for name, namespace in m.namespaces.items():
         what = f"Namespace {name}"
+        if name.split("/")[1] == RESERVED_NAMESPACE:
+            problems.append(ManifestProblem(what, "this name is the gateway's (its audit trail)"))
         owner = m.tenants.get(namespace.tenant)
         if owner is None:
             problems.append(ManifestProblem(what, f"its tenant {namespace.tenant} is not declared"))

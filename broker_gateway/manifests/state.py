@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from broker_gateway.manifests.admin import Fields, ManifestAdmin
-from broker_gateway.manifests.model import Manifests
+from broker_gateway.manifests.model import RESERVED_NAMESPACE, Manifests
 from broker_gateway.manifests.planner import Ref
 
 T = TypeVar("T")
@@ -60,10 +60,12 @@ class _StateReader:
         if found is None:
             return
         self._state[Ref("Tenant", tenant)] = found
-        namespaces = await self._admin.namespaces(tenant)
-        await asyncio.gather(
-            *(self._read_namespace(n) for n in namespaces if self._wanted("Namespace", n))
-        )
+        namespaces = [
+            n
+            for n in await self._admin.namespaces(tenant)
+            if n.split("/")[1] != RESERVED_NAMESPACE and self._wanted("Namespace", n)
+        ]
+        await asyncio.gather(*(self._read_namespace(n) for n in namespaces))
 
     async def _read_namespace(self, name: str) -> None:
         admin = self._admin

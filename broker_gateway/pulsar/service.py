@@ -38,25 +38,31 @@ def _receipt_secret(settings: Settings) -> bytes:
 T = TypeVar("T")
 
 
+def connect(settings: Settings) -> pulsar.asyncio.Client:
+    """A client of the data cluster (it connects on first use)."""
+    cluster = settings.data_cluster
+    return pulsar.asyncio.Client(
+        cluster.service_url,
+        authentication=None
+        if cluster.token is None
+        else pulsar.AuthenticationToken(cluster.token.get_secret_value()),
+        operation_timeout_seconds=int(settings.pulsar_operation_timeout_s),
+        connection_timeout_ms=int(settings.pulsar_connect_timeout_s * 1000),
+        io_threads=settings.pulsar_io_threads,
+        listener_name=cluster.listener_name,
+        # Filtered in C++: a Python logger costs the GIL on every one of the client's
+        # log calls, its per-message debug lines included (a fifth of publish CPU).
+        logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+    )
+
+
 class PulsarService:
     """Owns every Pulsar resource; the app's lifespan opens and closes it."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         cluster = settings.data_cluster
-        self.client = pulsar.asyncio.Client(
-            cluster.service_url,
-            authentication=None
-            if cluster.token is None
-            else pulsar.AuthenticationToken(cluster.token.get_secret_value()),
-            operation_timeout_seconds=int(settings.pulsar_operation_timeout_s),
-            connection_timeout_ms=int(settings.pulsar_connect_timeout_s * 1000),
-            io_threads=settings.pulsar_io_threads,
-            listener_name=cluster.listener_name,
-            # Filtered in C++: a Python logger costs the GIL on every one of the client's
-            # log calls, its per-message debug lines included (a fifth of publish CPU).
-            logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
-        )
+        self.client = connect(settings)
         self.admins = {
             c.name: PulsarAdmin(c, timeout_s=settings.pulsar_operation_timeout_s)
             for c in settings.clusters

@@ -111,7 +111,10 @@ def test_example_manifests_replicate_messages_published_on_east_to_west(
 
     marker = uuid.uuid4().hex
     order_ids = [f"{marker}-{i}" for i in range(20)]
-    events = [{"value": {"order_id": o}, "key": f"o-{i}"} for i, o in enumerate(order_ids)]
+    events = [
+        {"value": {"order_id": o, "amount_cents": 100 + i, "currency": "EUR"}, "key": f"o-{i}"}
+        for i, o in enumerate(order_ids)
+    ]
     published = geo.post("/v1/topics/acme/orders/created/messages", json={"messages": events})
     assert published.status_code == 200, published.text
 
