@@ -183,7 +183,8 @@ class Bench:
 
     def topic(self, label: str) -> str:
         """A fresh, existing topic (Pulsar's REST produce does not create topics)."""
-        name = f"{NAMESPACE}/bench-{label.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
+        slug = re.sub(r"[^A-Za-z0-9_.=:-]+", "-", label)
+        name = f"{NAMESPACE}/bench-{slug}-{uuid.uuid4().hex[:8]}"
         self.admin.put(f"/persistent/{name}").raise_for_status()
         return name
 

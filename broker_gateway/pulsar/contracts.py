@@ -135,12 +135,13 @@ class Contract:
     def failures_of_value(self, value: Any) -> list[tuple[str, str]]:
         """Where `value` (parsed JSON) does not conform: (JSON path, what is wrong)."""
         if self.type in STRUCT:
-            # fastavro decides whether the value fits; the walk names where it does not,
-            # and the members no record declares (fastavro ignores those).
-            found = _failures(value, self._avro, "$", self._named)
-            if not found and not validate(value, self._avro, raise_errors=False):
-                found = [("$", "does not conform to the schema")]
-            return found
+            # fastavro decides whether the value fits (it ignores members no record
+            # declares: a lighter walk finds those); the full walk names where it does not.
+            if validate(value, self._avro, raise_errors=False):
+                return _undeclared(value, self._avro, "$", self._named)
+            return _failures(value, self._avro, "$", self._named) or [
+                ("$", "does not conform to the schema")
+            ]
         primitive = _PRIMITIVES[self.type]
         return [] if primitive.fits(value) else [("$", f"expected {primitive.expected}")]
 
@@ -318,3 +319,42 @@ def _union(value: Any, schema: Any, path: str, named: dict[str, Any]) -> Failure
 
 
 _WALKS: Final = {"record": _record, "array": _array, "map": _map, "union": _union}
+
+
+_CONTAINERS: Final = frozenset({"record", "array", "map", "union"})
+
+
+def _undeclared(value: Any, schema: Any, path: str, named: dict[str, Any]) -> Failures:
+    """The object members no record declares, in a value fastavro found to fit."""
+    schema = _resolve(schema, named)
+    kind = _kind(schema)
+    if kind not in _CONTAINERS:
+        return []
+    if kind == "record" and isinstance(value, Mapping):
+        fields = {declared["name"]: declared["type"] for declared in schema["fields"]}
+        found = [(f"{path}.{key}", "not in the schema") for key in value if key not in fields]
+        for name, declared in fields.items():
+            if name in value and _kind(_resolve(declared, named)) in _CONTAINERS:
+                found += _undeclared(value[name], declared, f"{path}.{name}", named)
+        return found
+    if kind == "union" and isinstance(value, Mapping | list):
+        # The branch it fits with no member left over, else the first container it fits.
+        fitting = [b for b in schema if _kind(_resolve(b, named)) in _CONTAINERS]
+        if any(not _failures(value, branch, path, named) for branch in fitting):
+            return []
+        return _undeclared(value, fitting[0], path, named) if fitting else []
+    return [
+        failure
+        for item, item_schema, item_path in _children(value, schema, kind, path)
+        for failure in _undeclared(item, item_schema, item_path, named)
+    ]
+
+
+def _children(value: Any, schema: Any, kind: str, path: str) -> list[tuple[Any, Any, str]]:
+    """An array's items or a map's values: (value, schema, path) each."""
+    if kind == "array" and isinstance(value, list):
+        return [(item, schema["items"], f"{path}[{i}]") for i, item in enumerate(value)]
+    if kind == "map" and isinstance(value, Mapping):
+        values = schema["values"]
+        return [(item, values, f"{path}[{json.dumps(key)}]") for key, item in value.items()]
+    return []
