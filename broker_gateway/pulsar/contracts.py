@@ -18,8 +18,8 @@ does not conform, and turns stored bytes back into a JSON value for reads.
 import base64
 import io
 import json
-import math
 import struct
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -60,13 +60,13 @@ def _integer(size: int) -> _Primitive:
     )
 
 
-def _real(fmt: str) -> _Primitive:
+def _real(fmt: str, largest: float) -> _Primitive:
     packer = struct.Struct(fmt)
     return _Primitive(
         encode=lambda v: packer.pack(v),
         decode=lambda b: packer.unpack(b)[0],
-        fits=lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-        expected="a number",
+        fits=lambda v: isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= largest,
+        expected=f"a number no larger than {largest:g}",
     )
 
 
@@ -87,8 +87,8 @@ _PRIMITIVES: Final[dict[str, _Primitive]] = {
     "INT16": _integer(2),
     "INT32": _integer(4),
     "INT64": _integer(8),
-    "FLOAT": _real(">f"),
-    "DOUBLE": _real(">d"),
+    "FLOAT": _real(">f", 3.4028234663852886e38),
+    "DOUBLE": _real(">d", sys.float_info.max),
 }
 
 

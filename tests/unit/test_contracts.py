@@ -144,6 +144,8 @@ def test_primitives_use_pulsars_encodings(schema_type: str, value: Any, payload:
         ("INT64", 2**63),
         ("INT64", "1"),
         ("FLOAT", True),
+        ("FLOAT", 1e39),
+        ("DOUBLE", 10**400),
     ],
 )
 def test_primitives_refuse_other_values(schema_type: str, value: Any) -> None:
