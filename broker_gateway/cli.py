@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pulsar.asyncio
 import uvicorn
 import yaml
 from pydantic import ValidationError
@@ -144,16 +145,26 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
 
 @asynccontextmanager
 async def _engine(settings: Settings) -> AsyncIterator[ManifestEngine]:
+    """The engine over the configured clusters, with the audit trail. Its Pulsar client
+    is made only when a record is written or read: pulsar-client may abort the process
+    as it exits after a client that never connected."""
     admins = {
         c.name: PulsarAdmin(c, timeout_s=settings.pulsar_operation_timeout_s)
         for c in settings.clusters
     }
-    client = connect(settings)  # for the audit trail, on the data cluster
+    made: list[pulsar.asyncio.Client] = []
+
+    def client() -> pulsar.asyncio.Client:
+        if not made:
+            made.append(connect(settings))
+        return made[0]
+
     try:
-        audit = AuditLog(client, admins[settings.data_cluster.name])
+        audit = AuditLog(admins[settings.data_cluster.name], client)
         yield ManifestEngine(settings.clusters, admins, audit)
     finally:
-        await client.close()
+        for each in made:
+            await each.close()
         for admin in admins.values():
             await admin.close()
 

@@ -60,7 +60,7 @@ async def _principal(
 async def _engine(request: Request) -> ManifestEngine:
     services: Services = request.app.state.services
     pulsar = services.pulsar
-    audit = AuditLog(pulsar.client, pulsar.admin)
+    audit = AuditLog(pulsar.admin, lambda: pulsar.client)
     return ManifestEngine(services.settings.clusters, pulsar.admins, audit)
 
 

@@ -18,6 +18,7 @@ import getpass
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -144,7 +145,9 @@ def _pending(plan: Plan) -> dict[str, Any]:
 class AuditLog:
     """Writes and reads the trail on the data cluster."""
 
-    def __init__(self, client: pulsar.asyncio.Client, admin: PulsarAdmin) -> None:
+    def __init__(self, admin: PulsarAdmin, client: Callable[[], pulsar.asyncio.Client]) -> None:
+        """`client()` gives the data cluster's client, asked for only when a record is
+        written or read (the CLI makes one then)."""
         self._client = client
         self._admin = admin
         self._ready: set[str] = set()  # tenants whose audit namespace exists
@@ -174,7 +177,7 @@ class AuditLog:
         except TopicNotFound:
             return []
         reader = await TopicReader.open(
-            self._client, self._admin, topic, Start("earliest"), queue_size=1000
+            self._client(), self._admin, topic, Start("earliest"), queue_size=1000
         )
         records: list[dict[str, Any]] = []
         try:
@@ -190,7 +193,7 @@ class AuditLog:
         if tenant not in self._ready:
             await self._ensure_namespace(tenant)
             self._ready.add(tenant)
-        producer = await self._client.create_producer(topic.persistent)
+        producer = await self._client().create_producer(topic.persistent)
         try:
             await producer.send(payload)
         finally:
