@@ -143,11 +143,16 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# pulsar-client can abort the process as it exits ("terminate called without an active
+# exception"), a client closed or not, connected or not: 1 exit in 12 or so. A command that
+# made one is done by then, and leaves with os._exit (see main).
+_made_a_pulsar_client = False
+
+
 @asynccontextmanager
 async def _engine(settings: Settings) -> AsyncIterator[ManifestEngine]:
     """The engine over the configured clusters, with the audit trail. Its Pulsar client
-    is made only when a record is written or read: pulsar-client may abort the process
-    as it exits after a client that never connected."""
+    is made only when a record is written or read."""
     admins = {
         c.name: PulsarAdmin(c, timeout_s=settings.pulsar_operation_timeout_s)
         for c in settings.clusters
@@ -155,8 +160,10 @@ async def _engine(settings: Settings) -> AsyncIterator[ManifestEngine]:
     made: list[pulsar.asyncio.Client] = []
 
     def client() -> pulsar.asyncio.Client:
+        global _made_a_pulsar_client
         if not made:
             made.append(connect(settings))
+            _made_a_pulsar_client = True
         return made[0]
 
     try:
@@ -351,4 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command != "serve":
         logging.getLogger("broker_gateway").setLevel(logging.WARNING)
-    sys.exit(args.run(args, settings))
+    code = args.run(args, settings)
+    if _made_a_pulsar_client:  # its work is done: skip the teardown that can abort
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

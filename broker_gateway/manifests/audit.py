@@ -27,7 +27,6 @@ import orjson
 import pulsar.asyncio
 
 from broker_gateway.errors import (
-    ApplyFailed,
     Conflict,
     DestructiveChangeRefused,
     Forbidden,
@@ -124,9 +123,7 @@ def _outcome(error: GatewayError | None) -> str:
             return "refused"
         case InvalidManifest():
             return "invalid"
-        case ApplyFailed():
-            return "failed"
-        case _:
+        case _:  # a step failed (ApplyFailed), or a cluster did not answer
             return "failed"
 
 

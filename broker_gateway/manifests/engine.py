@@ -1,6 +1,7 @@
 """validate, plan, apply and export: the one engine behind the CLI and the HTTP routes."""
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,7 @@ class ManifestEngine:
         steps before the failing one took effect); BrokerUnavailable, BrokerTimeout.
         """
         options = {"allow_destructive": allow_destructive, "prune": prune}
+        record = functools.partial(entry, raw, actor=actor, options=options)
         changes: Plan | None = None
         try:
             _, changes = await self._prepare(raw, prune=prune)
@@ -87,9 +89,9 @@ class ManifestEngine:
                 raise DestructiveChangeRefused(changes.destructive)
             applied = Applied(changes, await apply_plan(changes, self._admins))
         except GatewayError as exc:
-            await self._record(raw, actor, options, changes, None, exc)
+            await self._write(record(plan=changes, steps=None, error=exc))
             raise
-        await self._record(raw, actor, options, changes, applied.steps, None)
+        await self._write(record(plan=changes, steps=applied.steps, error=None))
         return applied
 
     async def audit(self, tenant: str, limit: int) -> list[dict[str, Any]]:
@@ -99,17 +101,8 @@ class ManifestEngine:
         """
         return [] if self._audit is None else await self._audit.read(tenant, limit)
 
-    async def _record(
-        self,
-        raw: Raw,
-        actor: str,
-        options: dict[str, bool],
-        plan: Plan | None,
-        steps: list[dict[str, Any]] | None,
-        error: GatewayError | None,
-    ) -> None:
+    async def _write(self, record: dict[str, Any]) -> None:
         if self._audit is not None:
-            record = entry(raw, actor=actor, options=options, plan=plan, steps=steps, error=error)
             await self._audit.record(record)
 
     async def export(self, tenants: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -74,7 +74,8 @@ class ProducerCache:
         """
         if contract is not None and ContractSchema.possible(contract):
             key: ProducerKey = (topic, name, contract.version)
-            self._schemas.setdefault(key, ContractSchema(contract))
+            if key not in self._schemas:  # once per producer, not per publish
+                self._schemas[key] = ContractSchema(contract)
         else:  # no schema, or one pulsar-client cannot present: plain bytes
             key = (topic, name, None)
         entry = self._entries.get(key)
