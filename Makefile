@@ -61,10 +61,16 @@ run: pulsar-start $(DEV_SECRET) ## Start Pulsar, apply topics/, serve on 127.0.0
 	echo; \
 	$(BIN)/broker-gateway serve
 
-test: $(STAMP) pulsar-fetch ## Run the unit and integration tests; the suite starts (and stops) its own Pulsar
+# The browser tests/browser.py drives (over --remote-debugging-pipe), from Debian's packages.
+CHROMIUM := /usr/bin/chromium-headless-shell
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium-headless-shell
+
+test: $(STAMP) pulsar-fetch $(CHROMIUM) ## Run the unit and integration tests; the suite starts (and stops) its own Pulsar
 	$(BIN)/pytest
 
-test-unit: $(STAMP) ## Run the tests that need no broker
+test-unit: $(STAMP) $(CHROMIUM) ## Run the tests that need no broker
 	$(BIN)/pytest tests/unit
 
 HELM := .tools/bin/helm

@@ -4,7 +4,7 @@ Served by the same uvicorn, loop, parser and number of workers as the gateway, i
 any gateway on this server stack costs before it does any work, and it shows the load
 generator is not the limit: it pushes this far beyond what the gateway sustains.
 
-    uvicorn bench.floor:app --loop uvloop --http httptools
+    uvicorn bench.floor:app --loop asyncio --http httptools
 """
 
 from starlette.types import Receive, Scope, Send

@@ -469,7 +469,7 @@ def versions() -> dict[str, str]:
     """Pulsar, the Python packages on the measured paths, and the load generator's."""
     pom = (ROOT / "local" / "pom.xml").read_text()
     found = re.search(r"<pulsar.version>([^<]+)</pulsar.version>", pom)
-    packages = ("broker-gateway", "fastapi", "starlette", "uvicorn", "uvloop", "httptools")
+    packages = ("broker-gateway", "fastapi", "starlette", "uvicorn", "httptools")
     packages += ("pydantic", "orjson", "pulsar-client")
     go_mod = (ROOT / "bench" / "loadgen" / "go.mod").read_text()
     return {
@@ -530,7 +530,15 @@ def http_floor(options: argparse.Namespace) -> AbstractContextManager[subprocess
     command = [
         *(str(ROOT / ".venv" / "bin" / "uvicorn"), "floor:app", "--app-dir", "bench"),
         *("--port", port, "--workers", str(options.workers), "--lifespan", "off"),
-        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
+        *(
+            "--loop",
+            "asyncio",
+            "--http",
+            "broker_gateway.cli:HttpProtocol",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ),
     ]
     return serving(command, dict(os.environ), f"http://127.0.0.1:{port}/")
 

@@ -1,8 +1,11 @@
 """create_app(settings): routes, error handlers, and a lifespan that owns Pulsar."""
 
+import asyncio
 import functools
 import gc
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,18 +18,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker_gateway import __version__
+from broker_gateway import __version__, logs, tracing
 from broker_gateway.api import health, manifests, publish, queue, read, stream
 from broker_gateway.api.deps import Services
 from broker_gateway.api.responses import ProblemJSON
-from broker_gateway.auth import Authenticator
+from broker_gateway.auth import Authenticator, StreamTokens
 from broker_gateway.draining import Draining
 from broker_gateway.errors import (
     HTTP_STATUS_CODES,
+    Forbidden,
     GatewayError,
     InvalidRequest,
     ProblemType,
@@ -52,6 +58,23 @@ The platform team's manifests (tenants, namespaces, topics, schemas, subscriptio
 geo-replication, as YAML) are validated, planned, applied and exported under
 `/v1/manifests`, against the clusters the gateway is configured with.
 
+**Regions.** The first configured cluster serves every topic while it is up. A topic that
+replicates to other configured clusters keeps working when it fails: publishes, reads,
+streams and work queues move to a healthy peer and come back once the first is healthy
+again. Each publish result's `cluster` (and the `Pulsar-Cluster` header) says where a message
+was persisted; cursors and receipts name their cluster. A topic that does not replicate
+never leaves its cluster: while that is down it answers 503 `broker_unavailable`.
+
+**Browsers.** Pages on the origins in `GATEWAY_CORS_ORIGINS` may call the API (CORS; off
+by default). An `EventSource` cannot send an Authorization header: it opens a stream with a
+stream token (`POST .../stream-tokens`) as `?access_token=`, which that topic's stream alone
+accepts. Every answer carries `X-Request-Id` (the client's, or a new one).
+
+**Tracing.** A W3C `traceparent` / `tracestate` on a publish is stored in each message's
+properties under those names, and comes back with read, pulled and streamed messages; with
+OpenTelemetry configured (`OTEL_*`), the gateway's `send`, `receive` and `settle` spans join
+the trace.
+
 **Authentication.** Every `/v1` route needs `Authorization: Bearer <token>`: a JWT (HS256,
 RS256 or ES256, with `exp`, `aud` and optional `nbf` checked) or an API key. The token
 names a principal (`sub`), its `tenants` (`*` for all) and `scopes`: `publish` to publish,
@@ -68,24 +91,61 @@ maximum is lowered to it. `/livez`, `/readyz`, `/metrics` and the docs need no t
 """
 
 
+# What pages on an allowed origin may send, and read from answers (CORS).
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "X-Request-Id",
+    "traceparent",
+    "tracestate",
+]
+CORS_EXPOSED_HEADERS = [
+    "Retry-After",
+    "Idempotent-Replayed",
+    "Pulsar-Cluster",
+    "X-Request-Id",
+    "Location",
+]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if not logging.getLogger().handlers:  # a worker process: configured as `serve` is
+        logs.configure(settings, quiet=False)
+    if not tracing.recording():
+        tracing.configure()
     metrics = Metrics()
     auth = Authenticator(settings)
     limits = TenantLimits(settings)
     streams = StreamSlots(settings.max_streams_per_principal, settings.broker_retry_after_s)
+    secret = settings.receipt_secret
+    stream_tokens = StreamTokens(
+        None if secret is None else secret.get_secret_value().encode(),
+        settings.stream_token_ttl_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pulsar = PulsarService(settings)
+        pulsar = PulsarService(settings, metrics)
+        for region in pulsar.regions.all.values():
+            metrics.region_changed(region)
         draining = Draining()
-        app.state.services = Services(settings, pulsar, metrics, auth, limits, streams, draining)
+        metrics.sample("streams", streams.open)
+        app.state.services = Services(
+            settings, pulsar, metrics, auth, limits, streams, draining, stream_tokens
+        )
+        refreshing = None
         try:
             await pulsar.open()
+            refreshing = asyncio.create_task(metrics.refresh_forever(), name="metrics")
             _tune_runtime()
             with draining.on_signals(settings.shutdown_delay_s):
                 yield
         finally:
+            if refreshing is not None:
+                refreshing.cancel()
             await pulsar.close()
 
     app = FastAPI(
@@ -115,7 +175,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, respond=respond)
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight, respond=respond)
-    app.add_middleware(_RequestMetrics, metrics=metrics, respond=respond)
+    app.add_middleware(_Observed, metrics=metrics, respond=respond, access_log=settings.access_log)
+    if settings.cors_origins:  # outermost: preflights and every answer, errors too
+        app.add_middleware(
+            _Cors,
+            origins=settings.cors_origins,
+            max_age_s=settings.cors_max_age_s,
+            respond=respond,
+        )
     return app
 
 
@@ -206,15 +273,51 @@ def _install_docs(app: FastAPI) -> None:
         )
 
 
-class _RequestMetrics:
-    """Counts and times every request by route template; turns a crash into a 500 problem."""
+class _Cors(CORSMiddleware):
+    """Starlette's CORS; a preflight it refuses (another origin, method or header) is a
+    problem like any refusal: 403 `forbidden`."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, respond: Callable[[GatewayError], Response]
+        self,
+        app: ASGIApp,
+        origins: list[str],
+        max_age_s: int,
+        respond: Callable[[GatewayError], Response],
+    ) -> None:
+        super().__init__(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=max_age_s,
+        )
+        self.respond = respond
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        refused = bytes(response.body).decode(errors="replace")
+        return self.respond(Forbidden(f"{refused} (GATEWAY_CORS_ORIGINS)"))
+
+
+class _Observed:
+    """Every request: its id (X-Request-Id, the client's or a new one, echoed), counted and
+    timed by route template, an access line (never the query string: it may carry a stream
+    token), and a crash turned into a 500 problem."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        respond: Callable[[GatewayError], Response],
+        access_log: bool,
     ) -> None:
         self.app = ServerErrorMiddleware(app, handler=self._on_crash)
         self.metrics = metrics
         self.respond = respond
+        self.access_log = access_log and logs.ACCESS.isEnabledFor(logging.INFO)
 
     async def _on_crash(self, _: Request, exc: Exception) -> Response:
         if isinstance(exc, GatewayError):  # raised outside a route (the server still logs it)
@@ -228,6 +331,8 @@ class _RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        rid = _request_id(scope["headers"])
+        token = logs.request_id.set(rid)
         status = 500
 
         async def send_and_measure(message: Message) -> None:
@@ -239,6 +344,43 @@ class _RequestMetrics:
                     time.perf_counter() - started
                 )
                 self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_and_measure)
+        try:
+            await self.app(scope, receive, send_and_measure)
+        finally:
+            if self.access_log:
+                self._log(scope, status, time.perf_counter() - started)
+            logs.request_id.reset(token)
+
+    @staticmethod
+    def _log(scope: Scope, status: int, duration_s: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        tenant = scope.get("path_params", {}).get("tenant")
+        duration_ms = round(duration_s * 1000, 2)
+        logs.ACCESS.info(
+            "%s %s %d %.1f ms",
+            scope["method"],
+            route,
+            status,
+            duration_ms,
+            extra={
+                "method": scope["method"],
+                "route": route,
+                "status": status,
+                "duration_ms": duration_ms,
+                "tenant": tenant,
+            },
+        )
+
+
+# A client's X-Request-Id is kept when it is this plain; otherwise the gateway makes one.
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.match(value):
+            return value.decode()
+    return os.urandom(8).hex()

@@ -6,6 +6,8 @@ admin: it alone may register clusters with each other.
 """
 
 import hashlib
+import hmac
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -27,6 +29,8 @@ ALL_TENANTS: Final = "*"
 _PEM_BLOCK: Final = "-----END PUBLIC KEY-----"
 # How many verified tokens to remember (least recently used go first).
 _VERIFIED_TOKENS: Final = 10_000
+# A stream token's audience: no other route accepts it, whatever its key.
+STREAM_AUDIENCE: Final = "broker-gateway/stream"
 
 
 @dataclass(frozen=True)
@@ -266,3 +270,56 @@ def mint(
     if issuer:
         claims["iss"] = issuer
     return jwt.encode(claims, secret_or_key, algorithm=algorithm)
+
+
+class StreamTokens:
+    """Short-lived tokens for following one topic live, made for browsers: an
+    `EventSource` cannot send an Authorization header, so the token rides in the stream's
+    URL (`?access_token=`), and the stream route alone accepts it there.
+
+    A stream token names the principal that asked for it, one topic and nothing else: it
+    grants `consume` on that topic's live stream, for `ttl_s` (an EventSource reconnects
+    with the same URL, so it is reusable until then; a stream already open outlives it).
+    It is signed with a key of its own, derived from the receipt secret (every replica
+    accepts it) and never accepted as a Bearer token: a token leaked from a URL opens that
+    one stream for minutes, and nothing else.
+    """
+
+    def __init__(self, secret: bytes | None, ttl_s: int) -> None:
+        # Unset, each process makes its own, as receipts do (`serve` shares one with its
+        # workers).
+        secret = secret if secret is not None else os.urandom(32)
+        self._key = hmac.new(secret, b"broker-gateway stream tokens", hashlib.sha256).digest()
+        self.ttl_s = ttl_s
+
+    def mint(self, principal: Principal, tenant: str, topic: str) -> tuple[str, int]:
+        """A token for `topic` (its `tenant/namespace/topic` path) and its expiry (epoch s)."""
+        now = int(time.time())
+        claims = {
+            "sub": principal.name,
+            "tenant": tenant,
+            "topic": topic,
+            "aud": STREAM_AUDIENCE,
+            "iat": now,
+            "exp": now + self.ttl_s,
+        }
+        return jwt.encode(claims, self._key, algorithm="HS256"), now + self.ttl_s
+
+    def verify(self, token: str, topic: str) -> Principal:
+        """The principal a token was made for, allowed to consume `topic` alone.
+
+        Raises: Unauthenticated (bad, expired or foreign token); Forbidden (another topic).
+        """
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=STREAM_AUDIENCE,
+                options={"require": ["exp", "sub", "aud", "topic", "tenant"]},
+            )
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid stream token: {_reason(exc)}") from exc
+        if claims["topic"] != topic:
+            raise Forbidden(f"this stream token is for topic {claims['topic']}, not {topic}")
+        return Principal(str(claims["sub"]), frozenset({claims["tenant"]}), frozenset({"consume"}))

@@ -166,6 +166,10 @@ class StreamSlots:
         self._retry_after_s = retry_after_s
         self._open: Counter[str] = Counter()
 
+    def open(self) -> int:
+        """Live streams open on this replica now."""
+        return sum(self._open.values())
+
     @contextmanager
     def hold(self, principal: str) -> Iterator[None]:
         """Raises: RateLimited when the principal already holds `limit` streams."""

@@ -1,9 +1,14 @@
 """The gateway's configuration: one class, read from `GATEWAY_*` environment variables."""
 
+import re
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# An origin as browsers send it: scheme, host and port, nothing else.
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 
 class Cluster(BaseModel):
@@ -55,6 +60,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
+    # `json`: one JSON object per line (time, level, logger, message, and the request's
+    # fields on access lines). `text`: for people.
+    log_format: Literal["text", "json"] = "text"
+    # One line per request: method, route template (never the query string: it may hold a
+    # stream token), status, duration, request id, tenant.
+    access_log: bool = True
+
+    # Web pages on these origins (exact `scheme://host[:port]`, comma-separated; never a
+    # wildcard) may call the API from a browser. None by default: CORS is off.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long browsers may cache a preflight's answer.
+    cors_max_age_s: int = Field(default=600, ge=0, le=86_400)
+    # A live-stream token (POST .../stream-tokens, for EventSource) is valid this long.
+    stream_token_ttl_s: int = Field(default=300, ge=10, le=3600)
     # Worker processes serving the port. Each is a replica of its own (Pulsar client,
     # producers, consumers, per-replica limits); they share receipts and /metrics.
     workers: int = Field(default=1, ge=1)
@@ -66,10 +85,19 @@ class Settings(BaseSettings):
     shutdown_delay_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: int = Field(default=30, ge=1)
 
-    # The first cluster carries the data plane (publish, read, queues); manifests may use
-    # any of them, and /readyz checks them all. Manifests name clusters, never URLs.
+    # The first cluster is home: it carries the data plane (publish, read, queues) while
+    # it is up; manifests may use any of them, and /readyz checks them all. Manifests name
+    # clusters, never URLs. Give every replica the same list, in the same order.
     # As JSON: GATEWAY_CLUSTERS='[{"name": ..., "service_url": ..., "admin_url": ...}]'.
     clusters: list[Cluster] = Field(default_factory=_local_clusters, min_length=1)
+    # Region failover, for topics whose namespace replicates to other configured clusters:
+    # an operation waits at most failover_detect_s on home before its health is checked
+    # (readiness_timeout_s); found down, the operation goes to a peer. Home is checked
+    # every failover_probe_s and takes traffic back after failover_healthy_for_s of
+    # passing checks (twice as long each time it flaps, up to 5 minutes).
+    failover_detect_s: float = Field(default=2.0, gt=0)
+    failover_probe_s: float = Field(default=1.0, gt=0)
+    failover_healthy_for_s: float = Field(default=10.0, ge=0)
     pulsar_operation_timeout_s: float = Field(default=10.0, gt=0)
     pulsar_connect_timeout_s: float = Field(default=5.0, gt=0)
     # A message not persisted this long after it was sent fails (504): across a broker
@@ -147,6 +175,23 @@ class Settings(BaseSettings):
     queue_config_refresh_s: float = Field(default=5.0, gt=0)
     # Replicas forward acks, nacks and extensions to the one holding the lease over this topic.
     control_topic: str = "persistent://public/default/broker-gateway-control"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], no path, no wildcard"
+                )
+        return [o.lower() for o in origins]
 
     @property
     def data_cluster(self) -> Cluster:

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request, Security
+from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from broker_gateway.auth import Authenticator, Principal, Scope
+from broker_gateway.auth import Authenticator, Principal, Scope, StreamTokens
 from broker_gateway.draining import Draining
 from broker_gateway.limits import StreamSlots, TenantLimits
 from broker_gateway.manifests.audit import AuditLog
@@ -34,6 +34,7 @@ class Services:
     limits: TenantLimits
     streams: StreamSlots
     draining: Draining
+    stream_tokens: StreamTokens
 
 
 async def _services(request: Request) -> Services:
@@ -64,6 +65,12 @@ async def _engine(request: Request) -> ManifestEngine:
     return ManifestEngine(services.settings.clusters, pulsar.admins, audit)
 
 
+# A topic route's path parameters.
+TenantName = Annotated[str, Path(description="Tenant name")]
+NamespaceName = Annotated[str, Path(description="Namespace name")]
+TopicPart = Annotated[str, Path(description="Topic name (persistent)")]
+
+
 def _authorized(scope: Scope) -> Callable[..., Awaitable[TopicName]]:
     """The topic of the path, once the caller may use `scope` on its tenant (and the
     tenant is within its request rate).
@@ -73,9 +80,9 @@ def _authorized(scope: Scope) -> Callable[..., Awaitable[TopicName]]:
 
     async def authorized(
         request: Request,
-        tenant: Annotated[str, Path(description="Tenant name")],
-        namespace: Annotated[str, Path(description="Namespace name")],
-        topic: Annotated[str, Path(description="Topic name (persistent)")],
+        tenant: TenantName,
+        namespace: NamespaceName,
+        topic: TopicPart,
         _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> TopicName:
         return authorize(request.app.state.services, request, scope, tenant, namespace, topic)
@@ -95,9 +102,38 @@ def authorize(
     return name
 
 
+async def _stream_caller(
+    request: Request,
+    tenant: TenantName,
+    namespace: NamespaceName,
+    topic: TopicPart,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    access_token: Annotated[
+        str | None,
+        Query(
+            description="A stream token (POST .../stream-tokens), for clients that cannot "
+            "send an Authorization header, such as a browser's EventSource. Only this route "
+            "accepts it; the Authorization header wins when both are sent."
+        ),
+    ] = None,
+) -> tuple[TopicName, Principal]:
+    """The topic of a live stream and who follows it: by its Authorization header like any
+    route, or by a stream token made for this topic."""
+    services: Services = request.app.state.services
+    if access_token is None or "authorization" in request.headers or not services.auth.enabled:
+        name = authorize(services, request, "consume", tenant, namespace, topic)
+        return name, services.auth.authenticate(request.headers.get("authorization"))
+    name = TopicName.parse(tenant, namespace, topic)
+    principal = services.stream_tokens.verify(access_token, name.path)
+    services.limits.request(name.tenant)
+    return name, principal
+
+
 AppServices = Annotated[Services, Depends(_services)]
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 # Every topic route takes one of these: the caller is authenticated and authorized first.
 PublishTopic = Annotated[TopicName, Depends(_authorized("publish"))]
 ConsumeTopic = Annotated[TopicName, Depends(_authorized("consume"))]
+# The live stream's: a consume topic, also by stream token.
+StreamCaller = Annotated[tuple[TopicName, Principal], Depends(_stream_caller)]
 Engine = Annotated[ManifestEngine, Depends(_engine)]

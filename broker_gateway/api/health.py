@@ -18,14 +18,21 @@ async def livez() -> JSON:
 
 @router.get("/readyz", summary="Readiness", responses=problems(503))
 async def readyz(services: AppServices) -> Response:
-    """200 when every configured Pulsar cluster answers, else 503 naming the failing ones;
+    """200 while at least one configured Pulsar cluster answers: `status` is `ready` when
+    all do, else `degraded`, naming each failing cluster's problem (replicated topics fail
+    over to a peer; the others wait for their home cluster). 503 when none answers, and
     503 `shutting_down` from the moment the replica is told to stop."""
     if services.draining.is_set():
         raise ShuttingDown("this replica is shutting down")
     problems = await services.pulsar.check_clusters()
     failing = {name: detail for name, detail in problems.items() if detail is not None}
-    if not failing:
-        return JSON({"status": "ready", "clusters": {name: "ready" for name in problems}})
+    if len(failing) < len(problems):
+        return JSON(
+            {
+                "status": "degraded" if failing else "ready",
+                "clusters": {name: detail or "ready" for name, detail in problems.items()},
+            }
+        )
     error = BrokerUnavailable("not ready: " + "; ".join(f"{n}: {d}" for n, d in failing.items()))
     error.extra = {"clusters": failing}
     raise error

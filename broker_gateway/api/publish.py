@@ -2,6 +2,7 @@
 
 import binascii
 import hashlib
+import time
 from typing import Annotated, Any
 
 import orjson
@@ -9,11 +10,17 @@ from fastapi import APIRouter, Header, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers
-from starlette.routing import Route
 
+from broker_gateway import tracing
 from broker_gateway.api.bodies import media_type, validated
 from broker_gateway.api.deps import AppServices, PublishTopic, Services, authorize
-from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, inline_schema, problems
+from broker_gateway.api.responses import (
+    JSON,
+    TOPIC_PROBLEMS,
+    FastRoute,
+    inline_schema,
+    problems,
+)
 from broker_gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -25,7 +32,7 @@ from broker_gateway.pulsar.codecs import TopicName, parse_time
 from broker_gateway.pulsar.contracts import conform
 from broker_gateway.pulsar.idempotency import Answer
 from broker_gateway.pulsar.messages import RAW, OutgoingMessage
-from broker_gateway.pulsar.publishing import Outcome
+from broker_gateway.pulsar.publishing import Outcome, Persisted
 from broker_gateway.settings import Settings
 
 router = APIRouter(responses=TOPIC_PROBLEMS, tags=["streaming"])
@@ -139,6 +146,11 @@ class PublishResult(BaseModel):
     duplicate: bool | None = Field(
         default=None, description="True when the broker dropped it as a duplicate sequence id."
     )
+    cluster: str | None = Field(
+        default=None,
+        description="The Pulsar cluster that persisted it: home (the first configured), or "
+        "the peer it failed over to while home was down. `message_id` is that cluster's.",
+    )
     error: dict[str, str] | None = None
 
 
@@ -170,7 +182,17 @@ _REQUEST_BODY: dict[str, Any] = {
     summary="Publish messages",
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
-        200: {"model": PublishResponse, "description": "Every message is persisted."},
+        200: {
+            "model": PublishResponse,
+            "description": "Every message is persisted.",
+            "headers": {
+                "Pulsar-Cluster": {
+                    "description": "The clusters that persisted the messages (each result's "
+                    "`cluster`), comma-separated: a peer's name during a failover.",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         **problems(409),
         207: {"model": PublishResponse, "description": "Some messages failed; see `error`."},
     },
@@ -245,6 +267,7 @@ async def _publish(
     body = await request.body()
     producer, schema_version, messages = _parse(request.headers, body, services.settings)
     services.limits.published(topic.tenant, len(body))
+    metrics = services.metrics
     contract = await services.pulsar.contract(topic, schema_version)
     if contract is not None:
         conform(contract, messages)
@@ -252,30 +275,49 @@ async def _publish(
         raise SchemaVersionUnknown(f"topic {topic} has no schema")
 
     async def send(batch: list[OutgoingMessage]) -> list[Outcome]:
+        started = time.perf_counter()
         outcomes = await services.pulsar.publish(topic, batch, producer, contract)
+        metrics.pulsar_latency.labels("send").observe(time.perf_counter() - started)
         failed = sum(isinstance(o, GatewayError) for o in outcomes)
-        services.metrics.published.labels("persisted").inc(len(outcomes) - failed)
-        services.metrics.published.labels("failed").inc(failed)
+        metrics.published.labels(topic.tenant, "persisted").inc(len(outcomes) - failed)
+        metrics.published.labels(topic.tenant, "failed").inc(failed)
+        metrics.published_bytes.labels(topic.tenant).inc(len(body))
+        home = services.pulsar.regions.home.name
+        for outcome in outcomes:
+            if isinstance(outcome, Persisted) and outcome.cluster != home:
+                metrics.failed_over.labels(outcome.cluster).inc()
         return outcomes
 
-    if idempotency_key is None:
-        answer = _answer(await send(messages))
-        replayed = False
-    else:
-        answer, replayed = await services.pulsar.idempotency.answer(
-            topic,
-            idempotency_key,
-            request_fingerprint(request.headers, body),
-            messages,
-            send,
-            _answer,
-        )
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    with tracing.sending(topic, messages, request.headers):
+        if idempotency_key is None:
+            answer = _answer(await send(messages))
+            replayed = False
+        else:
+            answer, replayed = await services.pulsar.idempotency.answer(
+                topic,
+                idempotency_key,
+                request_fingerprint(request.headers, body),
+                messages,
+                send,
+                _answer,
+            )
+    headers = {CLUSTER_HEADER: ", ".join(_clusters(answer.body))}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+        metrics.idempotency_replays.labels(topic.tenant).inc()
     return JSON(answer.body, status_code=answer.status, headers=headers)
 
 
+# Which clusters persisted the messages of a publish, in the order of the messages.
+CLUSTER_HEADER = "Pulsar-Cluster"
+
+
+def _clusters(body: dict[str, Any]) -> dict[str, None]:
+    return dict.fromkeys(r["cluster"] for r in body.get("results", ()) if r.get("cluster"))
+
+
 # Ahead of every FastAPI route: see publish_route.
-fast_routes = [Route(PUBLISH_PATH, publish_route, methods=["POST"])]
+fast_routes = [FastRoute(PUBLISH_PATH, publish_route, methods=["POST"])]
 
 
 def _parse(
@@ -343,5 +385,6 @@ def _answer(outcomes: list[Outcome]) -> Answer:
         elif outcome is None:
             results.append({"index": index, "message_id": None, "duplicate": True})
         else:
-            results.append({"index": index, "message_id": str(outcome)})
+            position, cluster = outcome
+            results.append({"index": index, "message_id": str(position), "cluster": cluster})
     return Answer(207 if failures else 200, {"results": results})

@@ -1,17 +1,19 @@
 """Work-queue subscriptions: configure, pull, ack, nack, extend, seek, redrive."""
 
 import re
+import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.routing import Route
 
+from broker_gateway import tracing
 from broker_gateway.api.bodies import json_validated
 from broker_gateway.api.deps import AppServices, ConsumeTopic, Services, authorize
 from broker_gateway.api.read import Message
-from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS
+from broker_gateway.api.responses import JSON, TOPIC_PROBLEMS, FastRoute
 from broker_gateway.errors import InvalidRequest
 from broker_gateway.pulsar.codecs import TopicName, parse_start
 from broker_gateway.pulsar.messages import render
@@ -83,7 +85,20 @@ class RedriveRequest(BaseModel):
     max_messages: int = Field(default=1000, ge=1, le=100_000)
 
 
-def _settled(settled: Settled) -> JSON:
+def _settled(
+    settled: Settled,
+    operation: str,
+    topic: TopicName,
+    services: Services,
+    headers: Mapping[str, str],
+    started_ns: int,
+) -> JSON:
+    """The answer to a settle, counted, timed and traced."""
+    tracing.settled(topic, operation, len(settled.failed) + settled.succeeded, headers, started_ns)
+    metrics = services.metrics
+    metrics.pulsar_latency.labels(operation).observe((time.time_ns() - started_ns) / 1e9)
+    metrics.queue_settles.labels(topic.tenant, operation, "succeeded").inc(settled.succeeded)
+    metrics.queue_settles.labels(topic.tenant, operation, "failed").inc(len(settled.failed))
     failed = [{"receipt": receipt, "code": code.value} for receipt, code in settled.failed]
     return JSON({"succeeded": settled.succeeded, "failed": failed})
 
@@ -127,6 +142,7 @@ async def delete(
 
 @router.post(f"{BASE}/pull", summary="Pull messages", responses={200: {"model": PullResponse}})
 async def pull(
+    request: Request,
     body: PullRequest,
     topic: ConsumeTopic,
     subscription: Subscription,
@@ -137,10 +153,17 @@ async def pull(
     Unacked past the deadline, a message is delivered again (to any worker, through any
     replica) with `delivery_attempt` + 1. Nothing is acknowledged to Pulsar until an ack.
     """
-    return await _pull(body, topic, subscription, services)
+    return await _pull(body, topic, subscription, services, request.headers)
 
 
-async def _pull(body: PullRequest, topic: TopicName, subscription: str, services: Services) -> JSON:
+async def _pull(
+    body: PullRequest,
+    topic: TopicName,
+    subscription: str,
+    services: Services,
+    headers: Mapping[str, str],
+) -> JSON:
+    started_ns = time.time_ns()
     if body.max_messages > services.settings.max_pull_messages:
         raise InvalidRequest(f"max_messages is at most {services.settings.max_pull_messages}")
     pulled = await services.pulsar.queues.pull(
@@ -151,7 +174,13 @@ async def _pull(body: PullRequest, topic: TopicName, subscription: str, services
         ack_deadline_ms=body.ack_deadline_ms,
         stop=services.draining.event,  # a replica shutting down answers with what it has
     )
-    services.metrics.read.inc(len(pulled))
+    metrics = services.metrics
+    metrics.queue_pulls.labels(topic.tenant).inc()
+    metrics.delivered.labels(topic.tenant, "pull").inc(len(pulled))
+    metrics.queue_redeliveries.labels(topic.tenant).inc(
+        sum(item.delivery_attempt > 1 for item in pulled)
+    )
+    tracing.received(topic, (item.message.properties() for item in pulled), headers, started_ns)
     messages: list[dict[str, Any]] = []
     decoders = await services.pulsar.decoders(topic, (item.message for item in pulled))
     for item in pulled:
@@ -164,38 +193,60 @@ async def _pull(body: PullRequest, topic: TopicName, subscription: str, services
 
 @router.post(f"{BASE}/ack", summary="Acknowledge", responses={200: {"model": SettleResponse}})
 async def ack(
-    body: AckRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
+    request: Request,
+    body: AckRequest,
+    topic: ConsumeTopic,
+    subscription: Subscription,
+    services: AppServices,
 ) -> JSON:
     """Done with these messages; works on any replica. Acking twice is harmless."""
-    return await _ack(body, topic, subscription, services)
+    return await _ack(body, topic, subscription, services, request.headers)
 
 
-async def _ack(body: AckRequest, topic: TopicName, subscription: str, services: Services) -> JSON:
-    return _settled(await services.pulsar.queues.ack(topic, subscription, body.receipts))
+async def _ack(
+    body: AckRequest,
+    topic: TopicName,
+    subscription: str,
+    services: Services,
+    headers: Mapping[str, str],
+) -> JSON:
+    started = time.time_ns()
+    settled = await services.pulsar.queues.ack(topic, subscription, body.receipts)
+    return _settled(settled, "ack", topic, services, headers, started)
 
 
 @router.post(
     f"{BASE}/nack", summary="Negative acknowledge", responses={200: {"model": SettleResponse}}
 )
 async def nack(
-    body: NackRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
+    request: Request,
+    body: NackRequest,
+    topic: ConsumeTopic,
+    subscription: Subscription,
+    services: AppServices,
 ) -> JSON:
     """Deliver these again after `delay_ms`; works on any replica."""
+    started = time.time_ns()
     settled = await services.pulsar.queues.nack(topic, subscription, body.receipts, body.delay_ms)
-    return _settled(settled)
+    return _settled(settled, "nack", topic, services, request.headers, started)
 
 
 @router.post(
     f"{BASE}/extend", summary="Extend the ack deadline", responses={200: {"model": SettleResponse}}
 )
 async def extend(
-    body: ExtendRequest, topic: ConsumeTopic, subscription: Subscription, services: AppServices
+    request: Request,
+    body: ExtendRequest,
+    topic: ConsumeTopic,
+    subscription: Subscription,
+    services: AppServices,
 ) -> JSON:
     """Keep these leased for `ack_deadline_ms` more from now; works on any replica."""
+    started = time.time_ns()
     settled = await services.pulsar.queues.extend(
         topic, subscription, body.receipts, body.ack_deadline_ms
     )
-    return _settled(settled)
+    return _settled(settled, "extend", topic, services, request.headers, started)
 
 
 @router.post(f"{BASE}/seek", summary="Seek the subscription", status_code=204)
@@ -218,6 +269,7 @@ async def redrive(
     Other subscriptions of the topic skip redriven messages; readers of the topic see them.
     """
     moved = await services.pulsar.queues.redrive(topic, subscription, body.max_messages)
+    services.metrics.queue_redriven.labels(topic.tenant).inc(moved)
     return JSON({"moved": moved})
 
 
@@ -228,13 +280,13 @@ async def redrive(
 async def pull_route(request: Request) -> JSON:
     services, topic, subscription = _queue_call(request)
     body = json_validated(PullRequest, request.headers, await request.body())
-    return await _pull(body, topic, subscription, services)
+    return await _pull(body, topic, subscription, services, request.headers)
 
 
 async def ack_route(request: Request) -> JSON:
     services, topic, subscription = _queue_call(request)
     body = json_validated(AckRequest, request.headers, await request.body())
-    return await _ack(body, topic, subscription, services)
+    return await _ack(body, topic, subscription, services, request.headers)
 
 
 def _queue_call(request: Request) -> tuple[Services, TopicName, str]:
@@ -262,6 +314,6 @@ def _queue_call(request: Request) -> tuple[Services, TopicName, str]:
 _SUBSCRIPTION_NAME = re.compile(SUBSCRIPTION_PATTERN.removeprefix("^").removesuffix("$"))
 
 fast_routes = [
-    Route(f"{BASE}/pull", pull_route, methods=["POST"]),
-    Route(f"{BASE}/ack", ack_route, methods=["POST"]),
+    FastRoute(f"{BASE}/pull", pull_route, methods=["POST"]),
+    FastRoute(f"{BASE}/ack", ack_route, methods=["POST"]),
 ]

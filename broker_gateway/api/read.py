@@ -82,7 +82,7 @@ async def read(
         stop=services.draining.event,  # a replica shutting down answers with what it has
         cursor=position if start.kind == "after" else None,
     )
-    services.metrics.read.inc(len(deliveries))
+    services.metrics.delivered.labels(topic.tenant, "read").inc(len(deliveries))
     base64_only = encoding == "base64"
     decoders = await services.pulsar.decoders(topic, (d.message for d in deliveries))
     return JSON(

@@ -111,11 +111,15 @@ class PulsarAdmin:
     async def create_subscription(
         self, topic: TopicName, subscription: str, *, earliest: bool, properties: dict[str, str]
     ) -> None:
-        """Raises: NotFound (no such topic); Conflict (it exists already)."""
+        """A replicated subscription: where the topic replicates, Pulsar mirrors its
+        position to the other clusters, for a failover.
+
+        Raises: NotFound (no such topic); Conflict (it exists already)."""
         end = -1 if earliest else 2**63 - 1
         await self.request(
             "PUT",
             f"/admin/v2/persistent/{topic.path}/subscription/{subscription}",
+            params={"replicated": "true"},
             json={"ledgerId": end, "entryId": end, "properties": properties},
         )
 

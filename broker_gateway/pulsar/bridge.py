@@ -12,7 +12,7 @@ then, so the caller's `await` does not go round the event loop once per message.
 import asyncio
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -78,10 +78,24 @@ class Gathering:
         if not self._future.done():
             self._future.set_result(None)
 
-    async def wait(self) -> list[tuple[Any, Any]]:
-        """Each operation's (result, value); result is a _pulsar.Result."""
+    async def wait(
+        self,
+        patience_s: float | None = None,
+        give_up: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[tuple[Any, Any]]:
+        """Each operation's (result, value); result is a _pulsar.Result.
+
+        With `patience_s`, `give_up()` is asked after that long: if it says so, the results
+        so far come back, None as the result of each operation not settled yet.
+        """
         if self._size:
-            await self._future
+            if patience_s is None or give_up is None:
+                await self._future
+            else:
+                done, _ = await asyncio.wait([self._future], timeout=patience_s)
+                if not done and await give_up():
+                    return list(self.results)
+                await self._future
         return self.results
 
 

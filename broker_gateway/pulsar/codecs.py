@@ -80,12 +80,17 @@ EARLIEST: Final = Position(-1, -1)
 NON_PARTITIONED: Final = -1
 
 # A cursor is the position of the last message a client has seen, per partition (-1 for a
-# non-partitioned topic), for one topic. Layout: version byte, a tag of the topic's name,
-# then per partition the packed position. The tag makes a cursor useless on another topic
-# (and so in another tenant): positions are only meaningful where they were read.
-_CURSOR_VERSION: Final = 2
+# non-partitioned topic), for one topic, in one cluster. Layout: version byte, a tag of the
+# topic's name, the cluster's name (length byte, then UTF-8), the publish time of the last
+# message handed out (epoch ms; else when reading began), then per partition the packed
+# position. The tag makes a cursor useless on another topic (and so in another tenant):
+# positions are only meaningful where they were read, and in that cluster; another
+# cluster resumes from the publish time.
+_CURSOR_VERSION: Final = 3
+_OLD_CURSOR_VERSION: Final = 2  # without cluster and time
 _TAG_BYTES: Final = 6
 _ENTRY: Final = struct.Struct(">iqqi")
+_TIME: Final = struct.Struct(">q")
 
 
 @functools.lru_cache(maxsize=4096)  # a stream tags every event's cursor
@@ -100,18 +105,24 @@ class Cursor:
     cursor costs one pack and one base64: a stream writes a cursor per event.
     """
 
-    __slots__ = ("_head", "_packed")
+    __slots__ = ("_head", "_packed", "time_ms")
 
-    def __init__(self, topic: TopicName, positions: dict[int, Position]) -> None:
-        self._head = bytes([_CURSOR_VERSION]) + _topic_tag(topic)
+    def __init__(
+        self, topic: TopicName, positions: dict[int, Position], cluster: str = "", time_ms: int = 0
+    ) -> None:
+        name = cluster.encode()
+        self._head = bytes([_CURSOR_VERSION]) + _topic_tag(topic) + bytes([len(name)]) + name
         self._packed = {p: _pack(p, positions[p]) for p in sorted(positions)}
+        self.time_ms = time_ms
 
-    def move(self, partition: int, position: Position) -> None:
-        """The partition's last message handed out is now at `position`."""
+    def move(self, partition: int, position: Position, time_ms: int) -> None:
+        """The partition's last message handed out is now at `position`, published at
+        `time_ms`."""
         self._packed[partition] = _pack(partition, position)
+        self.time_ms = time_ms
 
     def __str__(self) -> str:
-        raw = self._head + b"".join(self._packed.values())
+        raw = self._head + _TIME.pack(self.time_ms) + b"".join(self._packed.values())
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -119,27 +130,50 @@ def _pack(partition: int, p: Position) -> bytes:
     return _ENTRY.pack(partition, p.ledger, p.entry, p.batch_index)
 
 
-def encode_cursor(positions: dict[int, Position], topic: TopicName) -> str:
-    return str(Cursor(topic, positions))
+def encode_cursor(
+    positions: dict[int, Position], topic: TopicName, cluster: str = "", time_ms: int = 0
+) -> str:
+    return str(Cursor(topic, positions, cluster, time_ms))
 
 
 def decode_cursor(cursor: str, topic: TopicName) -> dict[int, Position]:
     """Raises: InvalidRequest when the cursor was not made by encode_cursor for `topic`."""
+    return read_cursor(cursor, topic).after or {}
+
+
+def read_cursor(cursor: str, topic: TopicName) -> "Start":
+    """The start after `cursor`: its positions, cluster and time.
+
+    Raises: InvalidRequest when the cursor was not made by encode_cursor for `topic`.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest("invalid cursor: not base64url") from exc
     header = 1 + _TAG_BYTES
-    body = raw[header:]
-    if len(raw) <= header or raw[0] != _CURSOR_VERSION or len(body) % _ENTRY.size:
+    if len(raw) <= header or raw[0] not in (_CURSOR_VERSION, _OLD_CURSOR_VERSION):
         raise InvalidRequest("invalid cursor")
     if not hmac.compare_digest(raw[1:header], _topic_tag(topic)):
         raise InvalidRequest(f"invalid cursor: it was made for another topic than {topic}")
+    cluster, time_ms = None, None
+    if raw[0] == _CURSOR_VERSION:
+        end = header + 1 + raw[header]
+        if len(raw) < end + _TIME.size:
+            raise InvalidRequest("invalid cursor")
+        try:
+            cluster = raw[header + 1 : end].decode() or None
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("invalid cursor") from exc
+        (time_ms,) = _TIME.unpack_from(raw, end)
+        header = end + _TIME.size
+    body = raw[header:]
+    if not body or len(body) % _ENTRY.size:
+        raise InvalidRequest("invalid cursor")
     positions: dict[int, Position] = {}
     for offset in range(0, len(body), _ENTRY.size):
         partition, ledger, entry, batch_index = _ENTRY.unpack_from(body, offset)
         positions[partition] = Position(ledger, entry, batch_index, partition)
-    return positions
+    return Start("after", time_ms=time_ms, after=positions, cluster=cluster)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +181,11 @@ class Start:
     """Where a read begins: `earliest`, `latest`, a publish time, or after a cursor."""
 
     kind: str  # "earliest" | "latest" | "time" | "after"
-    time_ms: int | None = None
+    time_ms: int | None = None  # for "after": the publish time of the cursor's last message
     after: dict[int, Position] | None = None
+    cluster: str | None = None  # for "after": the cluster the cursor's positions are in
+    # For "time": messages published before this are passed over (read, not handed out).
+    skip_before_ms: int | None = None
 
 
 def parse_time(text: str) -> int:
@@ -174,4 +211,4 @@ def parse_start(position: str, topic: TopicName) -> Start:
         return Start(position)
     if position.startswith("time:"):
         return Start("time", time_ms=parse_time(position.removeprefix("time:")))
-    return Start("after", after=decode_cursor(position, topic))
+    return read_cursor(position, topic)

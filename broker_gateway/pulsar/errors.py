@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 _RETRYABLE: Final = {
     "ConnectError",
+    "Disconnected",
     "NotConnected",
     "ServiceUnitNotReady",
     "LookupError",
@@ -53,10 +54,15 @@ _BY_RESULT: Final[dict[str, type[GatewayError]]] = {
 }
 
 
+# Results of the C++ client that its Python enum does not name (their name reads "???").
+_UNNAMED: Final = {46: "Disconnected"}  # a pending operation's connection was lost
+
+
 def result_name(exc: BaseException) -> str:
     """The Pulsar result code behind an exception from either pulsar-client API."""
     if isinstance(exc, pulsar.asyncio.PulsarException):
-        return str(exc.error().name)
+        result = exc.error()
+        return _UNNAMED.get(int(result.value), str(result.name))
     return type(exc).__name__
 
 

@@ -34,7 +34,6 @@ from typing import Any
 
 import orjson
 import pulsar
-import pulsar.asyncio
 from tenacity import AsyncRetrying, before_sleep_log, stop_after_delay, wait_exponential
 
 from broker_gateway.errors import (
@@ -43,12 +42,11 @@ from broker_gateway.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
 )
-from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.bridge import has_message_available, read_next
-from broker_gateway.pulsar.codecs import Position, TopicName
+from broker_gateway.pulsar.codecs import TopicName
 from broker_gateway.pulsar.messages import OutgoingMessage, position_of
-from broker_gateway.pulsar.producers import ProducerCache
-from broker_gateway.pulsar.publishing import Outcome, send
+from broker_gateway.pulsar.publishing import Outcome, Persisted
+from broker_gateway.pulsar.regions import Regions
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +109,17 @@ def encode_record(record: Record | Release) -> bytes:
 
 
 # Finds the messages of `topic` published since a time (epoch ms) whose property (the
-# third argument) starts with a prefix (the fourth): property value -> position.
-Finder = Callable[[TopicName, int, str, str], Awaitable[dict[str, Position]]]
+# third argument) starts with a prefix (the fourth): property value -> where it is.
+Finder = Callable[[TopicName, int, str, str], Awaitable[dict[str, Persisted]]]
+# Publishes messages to a topic, in the region serving it (failing over as publishes do).
+Publisher = Callable[[TopicName, list[OutgoingMessage]], Awaitable[list[Outcome]]]
 
 
 class IdempotencyStore:
     def __init__(
         self,
-        client: pulsar.asyncio.Client,
-        admin: PulsarAdmin,
-        producers: ProducerCache,
+        regions: Regions,
+        publish: Publisher,
         topic: TopicName,
         find: Finder,
         *,
@@ -128,9 +127,8 @@ class IdempotencyStore:
         wait_ready_s: float,
         in_doubt_s: float,
     ) -> None:
-        self._client = client
-        self._admin = admin
-        self._producers = producers
+        self._regions = regions
+        self._publish = publish
         self._topic = topic
         self._find = find
         self._ttl_ms = ttl_s * 1000
@@ -139,9 +137,11 @@ class IdempotencyStore:
         self._records: dict[str, Record] = {}
         self._in_flight: dict[str, asyncio.Future[Answer | None]] = {}
         self._ready = asyncio.Event()
-        # The position of the last record the tail applied, and who waits for one.
-        self._applied: Position | None = None
-        self._waiting: list[tuple[Position, asyncio.Future[None]]] = []
+        # Where the last record the tail applied is, and who waits for one. The tail reads
+        # the log in the region serving its topic (it moves on a failover): a record written
+        # to another region is waited for until the tail is there.
+        self._applied: Persisted | None = None
+        self._waiting: list[tuple[Persisted, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -203,14 +203,14 @@ class IdempotencyStore:
 
     async def _claim(
         self, topic: TopicName, key: str, fingerprint: str
-    ) -> tuple[str, dict[str, Position]]:
+    ) -> tuple[str, dict[str, Persisted]]:
         """Win the key for this request: its claim, and the tagged messages an earlier
         attempt stored.
 
         Raises: _Answered when the key was answered meanwhile; IdempotencyKeyInUse while
         another attempt holds it; BrokerUnavailable when the claim cannot be written.
         """
-        found: dict[str, Position] = {}
+        found: dict[str, Persisted] = {}
         for _ in range(3):
             takeover = None
             holder = self._lookup(key, fingerprint)
@@ -229,7 +229,7 @@ class IdempotencyStore:
             retry_after_s=1,
         )
 
-    async def _recover(self, topic: TopicName, key: str, pending: Record) -> dict[str, Position]:
+    async def _recover(self, topic: TopicName, key: str, pending: Record) -> dict[str, Persisted]:
         """The tagged messages an earlier attempt under `key` stored, once it can no longer
         store more. Raises: IdempotencyKeyInUse until then."""
         wait_ms = pending.recorded_ms + self._in_doubt_ms - _now_ms()
@@ -252,25 +252,29 @@ class IdempotencyStore:
             )
         return record
 
-    async def _write(self, key: str, record: Record | Release) -> Position:
-        """Write a record durably; its position in the log.
+    async def _write(self, key: str, record: Record | Release) -> Persisted:
+        """Write a record durably; where it is in the log.
 
         Raises: BrokerUnavailable when it cannot be written.
         """
         message = OutgoingMessage(encode_record(record), key=key)
         try:
-            return await send(self._producers, self._topic, message)
+            [outcome] = await self._publish(self._topic, [message])
         except GatewayError as exc:
-            detail = f"the Idempotency-Key could not be recorded: {exc.detail}"
-            raise BrokerUnavailable(detail) from exc
+            outcome = exc
+        if isinstance(outcome, GatewayError):
+            detail = f"the Idempotency-Key could not be recorded: {outcome.detail}"
+            raise BrokerUnavailable(detail) from outcome
+        assert outcome is not None  # not a named producer: never a duplicate
+        return outcome
 
-    async def _applied_through(self, position: Position) -> None:
+    async def _applied_through(self, position: Persisted) -> None:
         """Wait until the tail has applied the log up to `position`.
 
         Raises: BrokerUnavailable when it does not within the operation timeout.
         """
 
-        if self._applied is not None and self._applied >= position:
+        if _reached(self._applied, position):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((position, future))
@@ -302,39 +306,58 @@ class IdempotencyStore:
             raise BrokerUnavailable("the Idempotency-Key store is not loaded yet") from None
 
     async def _run(self) -> None:
-        """Load the last `ttl` of records, then follow the topic; reconnect on failure."""
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential(multiplier=0.5, max=10),
-            stop=stop_after_delay(float("inf")),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-        ):
-            with attempt:
-                await self._follow()
+        """Load the last `ttl` of records, then follow the topic; reconnect on failure,
+        and follow it in another region when the one serving it changes."""
+        while True:
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential(multiplier=0.5, max=10),
+                stop=stop_after_delay(float("inf")),
+                before_sleep=before_sleep_log(log, logging.WARNING),
+            ):
+                with attempt:
+                    await self._follow()
 
     async def _follow(self) -> None:
-        await self._admin.ensure_topic(self._topic, retention_minutes=-(-self._ttl_ms // 60_000))
-        reader = await self._client.create_reader(self._topic.persistent, pulsar.MessageId.earliest)
+        """Tail the log in the region serving it, until that region changes (then the
+        log of the next one is applied on top of what is known: answers are final)."""
+        region = await self._regions.serving(self._topic)
+        moved = asyncio.ensure_future(region.moved().wait())
+        minutes = -(-self._ttl_ms // 60_000)
+        try:
+            await region.admin.ensure_topic(self._topic, retention_minutes=minutes)
+            reader = await region.client.create_reader(
+                self._topic.persistent, pulsar.MessageId.earliest
+            )
+        except BaseException:
+            moved.cancel()
+            raise
         try:
             await reader.seek(_now_ms() - self._ttl_ms)
-            while True:
+            while not moved.done():
                 if not self._ready.is_set() and not await has_message_available(reader):
                     self._ready.set()
                     log.info("idempotency store loaded: %d records", len(self._records))
-                self._load(await read_next(reader))
+                message = asyncio.ensure_future(read_next(reader))
+                await asyncio.wait([message, moved], return_when=asyncio.FIRST_COMPLETED)
+                if not message.done():
+                    message.cancel()
+                    break
+                self._load(message.result(), region.name)
         finally:
+            moved.cancel()
             await asyncio.shield(reader.close())
 
-    def _load(self, message: Any) -> None:
+    def _load(self, message: Any, cluster: str) -> None:
         try:
             record = decode_record(message.data())
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("skipping a malformed idempotency record")
         else:
             self._apply(message.partition_key(), record)
-        applied = self._applied = position_of(message.message_id())
+        applied = self._applied = Persisted(position_of(message.message_id()), cluster)
         if self._waiting:
             for position, future in self._waiting:
-                if position <= applied and not future.done():
+                if _reached(applied, position) and not future.done():
                     future.set_result(None)
             self._waiting = [(p, f) for p, f in self._waiting if not f.done()]
 
@@ -363,6 +386,15 @@ class IdempotencyStore:
             if self._records[key].recorded_ms >= horizon:
                 break
             del self._records[key]
+
+
+def _reached(applied: Persisted | None, position: Persisted) -> bool:
+    """Whether the log applied through `applied` includes `position`."""
+    return (
+        applied is not None
+        and applied.cluster == position.cluster
+        and applied.position >= position.position
+    )
 
 
 def decode_record(data: bytes) -> Record | Release:

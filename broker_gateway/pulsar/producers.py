@@ -137,6 +137,13 @@ class ProducerCache:
         except pulsar.asyncio.PulsarException as exc:  # best effort: the broker drops it anyway
             log.warning("closing producer for %s failed: %s", key, exc)
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def close_all(self) -> None:
+        """Close every producer: what they still hold fails (their cluster is down)."""
+        await asyncio.gather(*(self._close(key) for key in list(self._entries)))
+
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()

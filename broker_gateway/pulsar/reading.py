@@ -8,7 +8,6 @@ a deadline passed) is not in the cursor, so the next read returns it.
 
 import asyncio
 import heapq
-import itertools
 import logging
 import time
 from collections.abc import Iterable
@@ -94,10 +93,20 @@ class _PartitionReader:
 class TopicReader:
     """Reads a topic, partitioned or not, from a start position."""
 
-    def __init__(self, topic: TopicName, partitions: list[_PartitionReader]) -> None:
+    def __init__(
+        self,
+        topic: TopicName,
+        partitions: list[_PartitionReader],
+        cluster: str,
+        time_ms: int,
+        skip_before_ms: int | None = None,
+    ) -> None:
         self._partitions = partitions
+        self.cluster = cluster
         self.opened_at = time.monotonic()
-        self._cursor = Cursor(topic, {p.partition: p.after for p in partitions})
+        self._cursor = Cursor(topic, {p.partition: p.after for p in partitions}, cluster, time_ms)
+        # Messages published before this are passed over, not handed out (see Start).
+        self._skip_before_ms = skip_before_ms
 
     @classmethod
     async def open(
@@ -108,8 +117,13 @@ class TopicReader:
         start: Start,
         *,
         queue_size: int,
+        cluster: str = "",
     ) -> "TopicReader":
-        """Raises: TopicNotFound; PulsarException from the client."""
+        """A reader of `topic` in `cluster` (the one `client` and `admin` reach).
+
+        Raises: TopicNotFound; PulsarException from the client.
+        """
+        began_ms = time.time_ns() // 1_000_000
         names = await client.get_topic_partitions(topic.persistent)
         partitions = [_partition_index(name) for name in names]
         # For `latest` and `time`, the end of each partition is read before the readers
@@ -151,7 +165,11 @@ class TopicReader:
         if failure is not None:
             await asyncio.gather(*(r.close() for r in readers))
             raise failure
-        return cls(topic, readers)
+        # Where a cursor resumes in another cluster if no message is handed out.
+        time_ms = {"earliest": 0, "latest": began_ms}.get(start.kind, start.time_ms or 0)
+        if start.skip_before_ms is not None:
+            time_ms = max(time_ms, start.skip_before_ms)
+        return cls(topic, readers, cluster, time_ms, start.skip_before_ms)
 
     @property
     def cursor(self) -> str:
@@ -182,20 +200,30 @@ class TopicReader:
                 for task in stopping:
                     task.cancel()
             await self._fill(limit)
-        return self._take(limit, cursors)
+        deliveries, passed_over = self._take(limit, cursors)
+        while not deliveries and passed_over:  # all of it was passed over: read on
+            await self._fill(limit)
+            deliveries, passed_over = self._take(limit, cursors)
+        return deliveries
 
     async def _fill(self, limit: int) -> None:
         await asyncio.gather(*(p.fill(limit) for p in self._partitions))
 
-    def _take(self, limit: int, cursors: bool) -> list[Delivery]:
-        """Hand out up to `limit` buffered messages, merged by publish time.
+    def _take(self, limit: int, cursors: bool) -> tuple[list[Delivery], bool]:
+        """Hand out up to `limit` buffered messages, merged by publish time, and whether
+        some were passed over (published before `_skip_before_ms`: for as long as this
+        reader lives, since they may come after later ones, replicated from a peer where
+        the client saw them).
 
-        Within a partition the order is Pulsar's; the cursor moves past each one handed out.
+        Within a partition the order is Pulsar's; the cursor moves past each one handed out
+        or passed over.
         """
         buffered = [i for i, p in enumerate(self._partitions) if p.buffer]
         if len(buffered) == 1:  # nothing to merge
             [i] = buffered
-            merged: Iterable[tuple[int, int, Any]] = ((0, i, m) for m in self._partitions[i].buffer)
+            merged: Iterable[tuple[int, int, Any]] = (
+                (m.publish_timestamp(), i, m) for m in self._partitions[i].buffer
+            )
         else:
             streams = [
                 [(m.publish_timestamp(), i, m) for m in self._partitions[i].buffer]
@@ -205,14 +233,22 @@ class TopicReader:
         deliveries: list[Delivery] = []
         taken = [0] * len(self._partitions)
         cursor = self._cursor
-        for _, index, message in itertools.islice(merged, limit):
+        skip_before_ms = self._skip_before_ms
+        passed_over = False
+        for published_ms, index, message in merged:
+            if len(deliveries) == limit:
+                break
             taken[index] += 1
             position = position_of(message.message_id())
-            cursor.move(self._partitions[index].partition, position)
+            if skip_before_ms is not None and published_ms < skip_before_ms:
+                cursor.move(self._partitions[index].partition, position, cursor.time_ms)
+                passed_over = True
+                continue
+            cursor.move(self._partitions[index].partition, position, published_ms)
             deliveries.append(Delivery(message, position, str(cursor) if cursors else None))
         for partition_reader, count in zip(self._partitions, taken, strict=True):
             del partition_reader.buffer[:count]
-        return deliveries
+        return deliveries, passed_over
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self._partitions))
@@ -284,6 +320,9 @@ class ReaderCache:
             oldest = time.monotonic() - self._idle_s
             idle = [key for key, (_, kept_at) in self._kept.items() if kept_at < oldest]
             await asyncio.gather(*(self._kept.pop(key)[0].close() for key in idle))
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     async def close(self) -> None:
         if self._reaper is not None:

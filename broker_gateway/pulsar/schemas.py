@@ -9,7 +9,7 @@ If a refresh fails, the contract already known is kept until one succeeds.
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import _pulsar
@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class Schemas:
-    def __init__(self, admin: PulsarAdmin, *, refresh_s: float) -> None:
-        self._admin = admin
+    def __init__(self, admin_of: Callable[[TopicName], PulsarAdmin], *, refresh_s: float) -> None:
+        """`admin_of(topic)`: the admin API of the cluster serving the topic now."""
+        self._admin_of = admin_of
         self._refresh_s = refresh_s
         # topic path -> (its latest contract or None, fetched at)
         self._current: dict[str, tuple[Contract | None, float]] = {}
@@ -65,7 +66,7 @@ class Schemas:
         if current is not None and current.version == version:
             return current
         try:
-            body = await self._admin.request(
+            body = await self._admin_of(topic).request(
                 "GET", f"/admin/v2/schemas/{topic.path}/schema/{version}"
             )
         except NotFound:
@@ -96,7 +97,9 @@ class Schemas:
 
     async def _fetch(self, topic: TopicName) -> Contract | None:
         try:
-            body = await self._admin.request("GET", f"/admin/v2/schemas/{topic.path}/schema")
+            body = await self._admin_of(topic).request(
+                "GET", f"/admin/v2/schemas/{topic.path}/schema"
+            )
         except NotFound:
             body = None
         contract = None

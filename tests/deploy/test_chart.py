@@ -134,6 +134,17 @@ def test_everything_on_renders_every_optional_part() -> None:
     assert {"Job", "Secret", "ServiceAccount"} <= kinds
 
 
+def test_the_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar() -> None:
+    [dashboard] = [
+        d
+        for d in _render("everything-on-values.yaml")
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")
+    ]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    rendered = json.loads(dashboard["data"]["broker-gateway.json"])
+    assert rendered == json.loads((CHART / "dashboards" / "broker-gateway.json").read_text())
+
+
 def test_defaults_render_no_optional_part() -> None:
     kinds = sorted(d["kind"] for d in _render())
     assert kinds == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"]

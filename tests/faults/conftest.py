@@ -142,21 +142,25 @@ class FaultyPulsar:
         return self.direct.admin_client()
 
     def read_all(self, topic: str) -> list[Stored]:
-        """Everything the topic holds, in order, read with a native reader."""
-        client = pulsar.Client(
-            self.direct.service_url,
-            authentication=self.direct.authentication(),
-            logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
-        )
-        stored: list[Stored] = []
-        try:
-            reader = client.create_reader(f"persistent://{topic}", pulsar.MessageId.earliest)
-            while reader.has_message_available():
-                value = json.loads(reader.read_next(timeout_millis=10_000).data())
-                stored.append(Stored(value["writer"], value["seq"]))
-        finally:
-            client.close()
-        return stored
+        return read_all(self.direct, topic)
+
+
+def read_all(cluster: PulsarCluster, topic: str) -> list[Stored]:
+    """Everything the topic holds in `cluster`, in order, read with a native reader."""
+    client = pulsar.Client(
+        cluster.service_url,
+        authentication=cluster.authentication(),
+        logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+    )
+    stored: list[Stored] = []
+    try:
+        reader = client.create_reader(f"persistent://{topic}", pulsar.MessageId.earliest)
+        while reader.has_message_available():
+            value = json.loads(reader.read_next(timeout_millis=10_000).data())
+            stored.append(Stored(value["writer"], value["seq"]))
+    finally:
+        client.close()
+    return stored
 
 
 @pytest.fixture(scope="session")
@@ -202,8 +206,16 @@ class Replicas:
     """Gateway replicas on fixed ports (a restarted one comes back at its address),
     sharing one receipt secret, each logging to its own file."""
 
-    def __init__(self, cluster: PulsarCluster, logs: Path, count: int, **settings: str) -> None:
+    def __init__(
+        self,
+        cluster: PulsarCluster,
+        logs: Path,
+        count: int,
+        peers: tuple[PulsarCluster, ...] = (),
+        **settings: str,
+    ) -> None:
         self.cluster = cluster
+        self.peers = peers
         self.settings = {
             "receipt_secret": RECEIPT_SECRET,
             "shutdown_delay_s": "1",
@@ -224,7 +236,7 @@ class Replicas:
             replica.gateway.process.wait(timeout=30)
         started = time.monotonic()
         replica.gateway = start_gateway(
-            self.cluster, log=replica.log, port=replica.port, **self.settings
+            self.cluster, *self.peers, log=replica.log, port=replica.port, **self.settings
         )
         return time.monotonic() - started
 
@@ -259,16 +271,27 @@ class Replicas:
 
 
 class ReplicasFactory(Protocol):
-    def __call__(self, cluster: PulsarCluster, count: int = 2, **settings: str) -> Replicas: ...
+    def __call__(
+        self,
+        cluster: PulsarCluster,
+        count: int = 2,
+        peers: tuple[PulsarCluster, ...] = (),
+        **settings: str,
+    ) -> Replicas: ...
 
 
 @pytest.fixture
 def replicas_factory(tmp_path: Path) -> Iterator[ReplicasFactory]:
-    """Replicas in front of a cluster; all stopped after the test."""
+    """Replicas in front of a cluster (and its peers); all stopped after the test."""
     made: list[Replicas] = []
 
-    def make(cluster: PulsarCluster, count: int = 2, **settings: str) -> Replicas:
-        replicas = Replicas(cluster, tmp_path, count, **settings)
+    def make(
+        cluster: PulsarCluster,
+        count: int = 2,
+        peers: tuple[PulsarCluster, ...] = (),
+        **settings: str,
+    ) -> Replicas:
+        replicas = Replicas(cluster, tmp_path, count, peers, **settings)
         made.append(replicas)
         return replicas
 

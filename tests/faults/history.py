@@ -34,6 +34,7 @@ class Request:
     status: int | None
     code: str | None = None
     retry_after: str | None = None
+    cluster: str | None = None  # a publish's Pulsar-Cluster header: where it was persisted
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,7 @@ class Load:
                 response.status_code,
                 body.get("code") if response.status_code >= 400 else None,
                 response.headers.get("retry-after"),
+                response.headers.get("pulsar-cluster"),
             )
         if operation != "publish":  # publishes are recorded with their message
             self.history.request(request)

@@ -96,5 +96,5 @@ def test_readyz_and_metrics_report_the_live_broker(http: httpx.Client, topic: st
     assert set(ready.json()["clusters"].values()) == {"ready"}
     http.post(f"/v1/topics/{topic}/messages", json={"messages": [{"value": 1}]})
     metrics = http.get("/metrics").text
-    assert 'gateway_messages_published_total{outcome="persisted"}' in metrics
+    assert 'broker_gateway_messages_published_total{outcome="persisted",tenant="public"}' in metrics
     assert 'route="/v1/topics/{tenant}/{namespace}/{topic}/messages"' in metrics

@@ -188,7 +188,7 @@ def test_a_retry_after_a_replica_died_mid_publish_returns_what_it_persisted_and_
     )
     assert retry.status_code == 200, retry.text
     results = retry.json()["results"]
-    assert results[0] == {"index": 0, "message_id": first_id}
+    assert results[0] == {"index": 0, "message_id": first_id, "cluster": "east"}
     assert [m["value"] for m in read_all(http, topic)] == ["first", "second"]
     again = http.post(
         f"/v1/topics/{topic}/messages",

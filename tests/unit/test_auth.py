@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import SecretStr
 
-from broker_gateway.auth import Authenticator, Principal, mint
+from broker_gateway.auth import Authenticator, Principal, StreamTokens, mint
 from broker_gateway.errors import Forbidden, Unauthenticated
 from broker_gateway.settings import Settings
 
@@ -453,3 +453,58 @@ def test_a_remembered_token_still_expires(
     monkeypatch.setattr(auth_module, "time", Later)
     monkeypatch.setattr(jwt.api_jwt, "datetime", LaterDatetime)
     assert "expired" in _rejected(hs256, f"Bearer {token}")
+
+
+# --- stream tokens ---------------------------------------------------------------------------
+
+ALICE = Principal("alice", frozenset({"*"}), frozenset({"publish", "consume", "admin"}))
+
+
+def test_a_stream_token_grants_consume_on_its_tenant_alone() -> None:
+    tokens = StreamTokens(b"receipt secret", ttl_s=300)
+    made, expires = tokens.mint(ALICE, "acme", "acme/ns/orders")
+    principal = tokens.verify(made, "acme/ns/orders")
+    assert principal == Principal("alice", frozenset({"acme"}), frozenset({"consume"}))
+    assert expires == pytest.approx(time.time() + 300, abs=2)
+
+
+def test_a_stream_token_is_for_its_topic_only() -> None:
+    tokens = StreamTokens(b"receipt secret", ttl_s=300)
+    made, _ = tokens.mint(ALICE, "acme", "acme/ns/orders")
+    with pytest.raises(Forbidden, match="acme/ns/orders"):
+        tokens.verify(made, "acme/ns/payments")
+
+
+def test_replicas_with_the_same_secret_accept_each_others_stream_tokens() -> None:
+    made, _ = StreamTokens(b"shared", ttl_s=300).mint(ALICE, "acme", "acme/ns/orders")
+    assert StreamTokens(b"shared", ttl_s=60).verify(made, "acme/ns/orders").name == "alice"
+    with pytest.raises(Unauthenticated, match="bad signature"):
+        StreamTokens(b"another", ttl_s=300).verify(made, "acme/ns/orders")
+
+
+def test_an_expired_stream_token_is_refused() -> None:
+    made, _ = StreamTokens(b"receipt secret", ttl_s=-1).mint(ALICE, "acme", "acme/ns/orders")
+    with pytest.raises(Unauthenticated, match="expired"):
+        StreamTokens(b"receipt secret", ttl_s=300).verify(made, "acme/ns/orders")
+
+
+def test_a_stream_token_is_no_bearer_token_even_under_the_same_secret() -> None:
+    secret = "one secret for everything, long enough for HS256"
+    made, _ = StreamTokens(secret.encode(), ttl_s=300).mint(ALICE, "acme", "acme/ns/orders")
+    auth = Authenticator(Settings(auth_hs256_secret=SecretStr(secret)))
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(f"Bearer {made}")
+
+
+def test_a_gateway_token_is_no_stream_token() -> None:
+    secret = "one secret for everything, long enough for HS256"
+    bearer = mint(
+        secret,
+        principal="alice",
+        tenants=["*"],
+        scopes=["consume"],
+        expires_in_s=60,
+        audience="broker-gateway/stream",
+    )
+    with pytest.raises(Unauthenticated):
+        StreamTokens(secret.encode(), ttl_s=300).verify(bearer, "acme/ns/orders")

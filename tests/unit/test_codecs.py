@@ -1,3 +1,7 @@
+import base64
+import hashlib
+import struct
+
 import pytest
 
 from broker_gateway.errors import InvalidRequest
@@ -30,13 +34,31 @@ def test_cursor_round_trips_every_partition_position() -> None:
 
 def test_a_moving_cursor_reads_as_the_cursor_of_its_positions() -> None:
     cursor = Cursor(TOPIC, {2: EARLIEST, 0: EARLIEST, 1: Position(5, 6, -1, 1)})
-    cursor.move(2, Position(9, 1, 4, 2))
-    cursor.move(0, Position(7, 3, -1, 0))
+    cursor.move(2, Position(9, 1, 4, 2), 1_795_000_000_000)
+    cursor.move(0, Position(7, 3, -1, 0), 1_795_000_000_001)
     assert decode_cursor(str(cursor), TOPIC) == {
         0: Position(7, 3, -1, 0),
         1: Position(5, 6, -1, 1),
         2: Position(9, 1, 4, 2),
     }
+
+
+def test_a_cursor_names_its_cluster_and_the_publish_time_it_reached() -> None:
+    cursor = Cursor(TOPIC, {-1: EARLIEST}, "east", 1_795_000_000_000)
+    cursor.move(-1, Position(4, 2), 1_795_000_000_123)
+    start = parse_start(str(cursor), TOPIC)
+    assert (start.kind, start.cluster, start.time_ms) == ("after", "east", 1_795_000_000_123)
+    assert start.after == {-1: Position(4, 2, -1, -1)}
+
+
+def test_a_cursor_made_before_clusters_were_named_still_reads() -> None:
+    version_2 = base64.urlsafe_b64encode(
+        bytes([2])
+        + hashlib.blake2b(TOPIC.path.encode(), digest_size=6).digest()
+        + struct.pack(">iqqi", -1, 3, 4, -1)
+    )
+    start = parse_start(version_2.rstrip(b"=").decode(), TOPIC)
+    assert (start.cluster, start.time_ms, start.after) == (None, None, {-1: Position(3, 4)})
 
 
 def test_cursor_is_url_safe_text() -> None:

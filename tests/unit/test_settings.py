@@ -39,3 +39,23 @@ def test_settings_are_not_created_at_import_time() -> None:
 
     assert not any(isinstance(v, Settings) for v in vars(settings_module).values())
     assert not any(isinstance(v, Settings) for v in vars(app_module).values())
+
+
+def test_cors_origins_are_exact_origins_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_CORS_ORIGINS", "https://App.example, http://localhost:3000,")
+    assert Settings().cors_origins == ["https://app.example", "http://localhost:3000"]
+
+
+@pytest.mark.parametrize(
+    "origin", ["*", "https://*.example", "https://app.example/", "app.example", "null"]
+)
+def test_a_cors_origin_that_is_not_exact_is_refused(
+    monkeypatch: pytest.MonkeyPatch, origin: str
+) -> None:
+    monkeypatch.setenv("GATEWAY_CORS_ORIGINS", origin)
+    with pytest.raises(ValidationError, match="not an origin"):
+        Settings()
+
+
+def test_cors_is_off_by_default() -> None:
+    assert Settings().cors_origins == []

@@ -96,6 +96,7 @@ class QueueConsumer:
         dead_letter: Callable[[SubscriptionConfig, Any, int], Awaitable[None]],
         skip: Callable[[Any], bool],
         handoff_s: float,
+        on_lease_expired: Callable[[], None] = lambda: None,
     ) -> None:
         """`subscribe()` opens a Pulsar consumer; `dead_letter(config, message, deliveries)`
         publishes a message delivered `max_deliveries` times; `skip(message)` says it is not
@@ -106,6 +107,7 @@ class QueueConsumer:
         self._dead_letter = dead_letter
         self._skip = skip
         self._handoff_s = handoff_s
+        self._on_lease_expired = on_lease_expired
         self._leases: LeaseTable[_Receiver] = LeaseTable(key_shared=config.type == "key_shared")
         self._current: _Receiver | None = None
         self._retiring: list[_Receiver] = []
@@ -115,6 +117,9 @@ class QueueConsumer:
         self._opening = asyncio.Lock()
         self._dead_lettering: set[asyncio.Task[None]] = set()
         self.last_used = time.monotonic()
+
+    def leases(self) -> int:
+        return len(self._leases)
 
     def start(self) -> None:
         self._expiry = asyncio.create_task(self._expire_forever(), name="lease-expiry")
@@ -352,6 +357,8 @@ class QueueConsumer:
     async def _expire_forever(self) -> None:
         while True:
             for lease in self._leases.due():
+                if not lease.nacked:
+                    self._on_lease_expired()
                 self._redeliver(lease)
             self._wake.clear()
             deadline = self._leases.next_deadline()

@@ -21,6 +21,7 @@ from broker_gateway.errors import (
     SubscriptionNotFound,
     problem_for,
 )
+from broker_gateway.metrics import Metrics
 from broker_gateway.pulsar.admin import PulsarAdmin
 from broker_gateway.pulsar.codecs import Start, TopicName
 from broker_gateway.pulsar.errors import PULSAR_ERRORS, on_topic, translate
@@ -97,10 +98,17 @@ class QueueService:
         signer: ReceiptSigner,
         control_topic: str,
         *,
+        cluster: str,
+        home: bool,
         idle_timeout_s: float,
         handoff_s: float,
         config_refresh_s: float,
+        metrics: Metrics,
     ) -> None:
+        """The queues of one cluster (`home`: the first configured, whose receipts from
+        before receipts named a cluster are valid here)."""
+        self._cluster = cluster
+        self._home = home
         self._client = client
         self._admin = admin
         self._signer = signer
@@ -110,6 +118,7 @@ class QueueService:
         self._idle_timeout_s = idle_timeout_s
         self._handoff_s = handoff_s
         self._config_refresh_s = config_refresh_s
+        self._metrics = metrics
         self._consumers: dict[ConsumerKey, QueueConsumer] = {}
         self._opening: dict[ConsumerKey, asyncio.Task[QueueConsumer]] = {}
         self._maintenance: asyncio.Task[None] | None = None
@@ -217,6 +226,12 @@ class QueueService:
         config = await self._config(topic, subscription)
         return await self._dead_letters.redrive(topic, subscription, config, max_messages)
 
+    def consumers(self) -> int:
+        return len(self._consumers)
+
+    def leases(self) -> int:
+        return sum(c.leases() for c in self._consumers.values())
+
     # --- pull and settle -------------------------------------------------------------------
 
     @_on_topic
@@ -240,7 +255,9 @@ class QueueService:
         return [
             Pulled(
                 item.message,
-                self._signer.sign(Receipt(self._replica, item.message_id), topic, subscription),
+                self._signer.sign(
+                    Receipt(self._replica, item.message_id, self._cluster), topic, subscription
+                ),
                 item.delivery_attempt,
             )
             for item in leased
@@ -317,10 +334,16 @@ class QueueService:
         if (topic.path, subscription) not in self._consumers:
             await self._config(topic, subscription)  # 404 for a subscription that is not there
         verified = []
+        mine = (self._cluster, "") if self._home else (self._cluster,)
         for text in receipts:
             try:
-                verified.append((text, self._signer.verify(text, topic, subscription)))
+                receipt = self._signer.verify(text, topic, subscription)
             except InvalidReceipt:
+                failed.append((text, ReceiptCode.INVALID_RECEIPT))
+                continue
+            if receipt.cluster in mine:
+                verified.append((text, receipt))
+            else:  # routed here by a cluster name that is not configured
                 failed.append((text, ReceiptCode.INVALID_RECEIPT))
         return verified
 
@@ -331,6 +354,7 @@ class QueueService:
         command: Command,
         failed: list[tuple[str, ReceiptCode]],
     ) -> None:
+        self._metrics.queue_forwarded.labels(type(command).__name__.lower()).inc()
         try:
             await self._control.send(receipt.replica.hex(), command)
         except PULSAR_ERRORS as exc:
@@ -437,10 +461,14 @@ class QueueService:
                 receiver_queue_size=1,
                 batch_index_ack_enabled=True,
                 negative_ack_redelivery_delay_ms=10,
+                # Pulsar mirrors the subscription's position to the clusters the topic
+                # replicates to (snapshots every second), so a failover resumes near it.
+                replicate_subscription_state_enabled=True,
             )
 
         async def dead_letter(config: SubscriptionConfig, message: Any, deliveries: int) -> None:
             await self._dead_letters.publish(topic, subscription, config, message, deliveries)
+            self._metrics.queue_dead_lettered.labels(topic.tenant).inc()
 
         consumer = QueueConsumer(
             subscribe,
@@ -448,6 +476,7 @@ class QueueService:
             dead_letter=dead_letter,
             skip=skip_for(subscription),
             handoff_s=self._handoff_s,
+            on_lease_expired=self._metrics.queue_lease_expiries.inc,
         )
         consumer.start()
         self._consumers[(topic.path, subscription)] = consumer
