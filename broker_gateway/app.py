@@ -334,12 +334,13 @@ class _Observed:
         rid = _request_id(scope["headers"])
         token = logs.request_id.set(rid)
         status = 500
+        route = "unmatched"
 
         async def send_and_measure(message: Message) -> None:
-            nonlocal status
+            nonlocal status, route
             if message["type"] == "http.response.start":
                 status = message["status"]
-                route = getattr(scope.get("route"), "path", "unmatched")
+                route = getattr(scope.get("route"), "path", route)
                 self.metrics.latency.labels(route, scope["method"]).observe(
                     time.perf_counter() - started
                 )
@@ -351,12 +352,11 @@ class _Observed:
             await self.app(scope, receive, send_and_measure)
         finally:
             if self.access_log:
-                self._log(scope, status, time.perf_counter() - started)
+                self._log(scope, route, status, time.perf_counter() - started)
             logs.request_id.reset(token)
 
     @staticmethod
-    def _log(scope: Scope, status: int, duration_s: float) -> None:
-        route = getattr(scope.get("route"), "path", "unmatched")
+    def _log(scope: Scope, route: str, status: int, duration_s: float) -> None:
         tenant = scope.get("path_params", {}).get("tenant")
         duration_ms = round(duration_s * 1000, 2)
         logs.ACCESS.info(

@@ -281,7 +281,6 @@ async def _publish(
         failed = sum(isinstance(o, GatewayError) for o in outcomes)
         metrics.published.labels(topic.tenant, "persisted").inc(len(outcomes) - failed)
         metrics.published.labels(topic.tenant, "failed").inc(failed)
-        metrics.published_bytes.labels(topic.tenant).inc(len(body))
         home = services.pulsar.regions.home.name
         for outcome in outcomes:
             if isinstance(outcome, Persisted) and outcome.cluster != home:
@@ -305,6 +304,8 @@ async def _publish(
     if replayed:
         headers["Idempotent-Replayed"] = "true"
         metrics.idempotency_replays.labels(topic.tenant).inc()
+    else:  # once a request, however many sends an in-doubt retry took
+        metrics.published_bytes.labels(topic.tenant).inc(len(body))
     return JSON(answer.body, status_code=answer.status, headers=headers)
 
 

@@ -16,6 +16,11 @@ topic wait at most `detect_s` on a region before it is checked.
 A region that goes down again within FLAP_WINDOW_S of coming up must stay healthy twice as
 long the next time (up to MAX_HEALTHY_FOR_S), so a flapping cluster does not bounce
 traffic back and forth.
+
+Readiness (/readyz) asks a region's health only when nothing showed it answering within
+READY_EVIDENCE_S: a persisted publish or a passing health check does. A busy replica is
+thus ready by its own traffic, and its probes add no calls to Pulsar that would wait
+behind the load.
 """
 
 import asyncio
@@ -39,6 +44,8 @@ FLAP_WINDOW_S: Final = 60.0
 MAX_HEALTHY_FOR_S: Final = 300.0
 # A namespace's replication clusters are looked up again after this long.
 POLICY_REFRESH_S: Final = 30.0
+# A region that answered within this long is ready without being asked again.
+READY_EVIDENCE_S: Final = 2.0
 
 
 def connect(cluster: Cluster, settings: Settings) -> pulsar.asyncio.Client:
@@ -78,7 +85,12 @@ class Region:
         self.went_down_ms: int | None = None
         # How long health checks must pass before it takes traffic back (doubles on flaps).
         self.healthy_for_s = settings.failover_healthy_for_s
+        self.answered_at = float("-inf")  # when it last answered (monotonic)
         self._moved = asyncio.Event()
+
+    def answered(self) -> None:
+        """It just did what it was asked: evidence of readiness."""
+        self.answered_at = time.monotonic()
 
     def moved(self) -> asyncio.Event:
         """Set when this region next goes down or comes back up."""
@@ -249,11 +261,24 @@ class Regions:
                 if await self._health(region) is not None:
                     await self.confirm_down(region)  # checked once more: then it is down
 
+    async def readiness(self) -> dict[str, str | None]:
+        """Each region's readiness problem, or None where it is ready."""
+
+        async def problem(region: Region) -> str | None:
+            if time.monotonic() - region.answered_at < READY_EVIDENCE_S:
+                return None
+            return await self._health(region)
+
+        regions = list(self.all.values())
+        problems = await asyncio.gather(*(problem(r) for r in regions))
+        return {r.name: p for r, p in zip(regions, problems, strict=True)}
+
     async def _health(self, region: Region) -> str | None:
         try:
             await region.admin.ready(self._settings.readiness_timeout_s)
         except GatewayError as exc:
             return exc.detail
+        region.answered()
         return None
 
     async def _probe_until_back(self, region: Region) -> None:

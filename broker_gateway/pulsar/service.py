@@ -140,20 +140,6 @@ class PulsarService:
         for admin in self.admins.values():
             await admin.close()
 
-    async def check_clusters(self) -> dict[str, str | None]:
-        """Each cluster's readiness problem, or None where it is ready."""
-
-        async def check(admin: PulsarAdmin) -> str | None:
-            try:
-                await admin.ready(self._settings.readiness_timeout_s)
-            except GatewayError as exc:
-                return exc.detail
-            return None
-
-        names = list(self.admins)
-        results = await asyncio.gather(*(check(self.admins[n]) for n in names))
-        return dict(zip(names, results, strict=True))
-
     async def publish(
         self,
         topic: TopicName,
@@ -208,7 +194,7 @@ class PulsarService:
         async def give_up() -> bool:
             return await self.regions.confirm_down(region)
 
-        return await errors.on_topic(
+        outcomes = await errors.on_topic(
             region.admin,
             topic,
             lambda: publishing.publish(
@@ -222,6 +208,9 @@ class PulsarService:
                 give_up=give_up,
             ),
         )
+        if any(not isinstance(o, GatewayError) for o in outcomes):
+            region.answered()
+        return outcomes
 
     def _failover_order(self, topic: TopicName, peers: tuple[Region, ...]) -> list[Region]:
         """The region serving the topic, then its other regions that are up."""

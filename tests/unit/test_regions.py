@@ -133,3 +133,26 @@ async def test_while_home_is_down_a_peer_policy_naming_both_allows_failover(
     await regions.confirm_down(regions.home)  # before any policy was known
     assert [r.name for r in await regions.peers(REPLICATED)] == ["west"]
     assert await regions.peers(RESIDENT) == ()  # west's word: not replicated there
+
+
+@with_regions
+async def test_readiness_asks_a_cluster_only_when_nothing_showed_it_answering(
+    regions: Regions,
+) -> None:
+    east, west = regions.all["east"], regions.all["west"]
+    admins: Any = {"east": east.admin, "west": west.admin}
+    assert await regions.readiness() == {"east": None, "west": None}
+    assert (admins["east"].checks, admins["west"].checks) == (1, 1)
+    # A probe storm within the evidence window costs no call: the checks just answered.
+    for _ in range(10):
+        assert await regions.readiness() == {"east": None, "west": None}
+    assert (admins["east"].checks, admins["west"].checks) == (1, 1)
+    # Once the evidence is old, a failing cluster is asked, and named.
+    admins["west"].healthy = False
+    west.answered_at -= 60
+    assert await regions.readiness() == {"east": None, "west": "cluster west is unreachable"}
+    # A persisted publish is evidence as good as a check.
+    east.answered_at -= 60
+    east.answered()
+    await regions.readiness()
+    assert admins["east"].checks == 1
