@@ -47,12 +47,20 @@ def page_through(http: httpx.Client, topic: str, limit: int) -> list[dict[str, o
 def assert_exactly_once_in_key_order(messages: list[dict[str, object]]) -> None:
     numbers = [m["value"]["n"] for m in messages]  # type: ignore[index]
     assert sorted(numbers) == list(range(MESSAGES)), "a message is missing or repeated"
-    per_key: dict[object, list[int]] = defaultdict(list)
+    per_key: dict[object, list[dict[str, object]]] = defaultdict(list)
     for message in messages:
-        per_key[message["key"]].append(message["value"]["n"])  # type: ignore[index]
+        per_key[message["key"]].append(message)
     assert len(per_key) == KEYS
-    for key, sequence in per_key.items():
-        assert sequence == sorted(sequence), f"{key} out of order"
+    for key, ordered in per_key.items():
+        sequence = [m["value"]["n"] for m in ordered]  # type: ignore[index]
+        wrong = next((i for i in range(1, len(sequence)) if sequence[i] < sequence[i - 1]), None)
+        # Where it went wrong, as stored: message ids (ledger:entry:partition:batch index)
+        # and publish times, and the page order around it.
+        context = [
+            (m["value"]["n"], m["message_id"], m["publish_time"])  # type: ignore[index]
+            for m in ordered[max(0, (wrong or 0) - 3) : (wrong or 0) + 3]
+        ]
+        assert wrong is None, f"{key} out of order at {wrong}: {context}"
 
 
 def test_ten_thousand_messages_page_back_exactly_once_in_key_order(
