@@ -80,6 +80,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             log_level=settings.log_level,
             log_config=None,  # the format logs.configure set: uvicorn's lines too
             access_log=False,  # the app's own (see app._Observed): no query strings
+            timeout_keep_alive=settings.keep_alive_s,
             # What is left of the grace once the delay has passed: open requests may finish.
             timeout_graceful_shutdown=max(
                 settings.shutdown_grace_s - math.ceil(settings.shutdown_delay_s), 1

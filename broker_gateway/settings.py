@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # chart gives it 5 s more).
     shutdown_delay_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: int = Field(default=30, ge=1)
+    # An idle client connection is kept this long. Longer than the idle timeout of the load
+    # balancers and clients in front (60 s is common): when the gateway closes first, a
+    # request sent on the connection at that moment gets no answer at all.
+    keep_alive_s: int = Field(default=75, ge=1)
 
     # The first cluster is home: it carries the data plane (publish, read, queues) while
     # it is up; manifests may use any of them, and /readyz checks them all. Manifests name

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -134,17 +134,15 @@ def apply(tenant: str, clusters: list[PulsarCluster], tmp_path: Path) -> None:
 
 
 @dataclass
-class Reader:
-    """A client paging through the topic with `next` cursors, as a consumer of the Read
-    API does, through the outage."""
+class _Client:
+    """A client of the topic on a thread of its own, noting the (writer, seq) it sees."""
 
     url: str
     topic: str
     seen: list[tuple[str, int]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> "Reader":
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self._run)
         self._thread.start()
         return self
@@ -152,6 +150,17 @@ class Reader:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Reader(_Client):
+    """A client paging through the topic with `next` cursors, as a consumer of the Read
+    API does, through the outage."""
+
+    errors: list[str] = field(default_factory=list)
 
     def _run(self) -> None:
         position = "earliest"
@@ -177,24 +186,11 @@ class Reader:
 
 
 @dataclass
-class Follower:
+class Follower(_Client):
     """A client following the topic live (NDJSON stream) through the outage, reconnecting
     from its last cursor whenever the stream ends."""
 
-    url: str
-    topic: str
-    seen: list[tuple[str, int]] = field(default_factory=list)
     reconnects: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> "Follower":
-        self._thread = threading.Thread(target=self._run)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
     def _run(self) -> None:
         position = "earliest"

@@ -1,10 +1,14 @@
 """The first vertical slice: what the gateway publishes, Pulsar has; and the reverse."""
 
 import base64
+import socket
+import time
 
 import httpx
 import orjson
 import pulsar
+
+from tests.integration.conftest import Gateway
 
 
 def test_gateway_publish_is_read_back_by_the_native_client(
@@ -98,3 +102,20 @@ def test_readyz_and_metrics_report_the_live_broker(http: httpx.Client, topic: st
     metrics = http.get("/metrics").text
     assert 'broker_gateway_messages_published_total{outcome="persisted",tenant="public"}' in metrics
     assert 'route="/v1/topics/{tenant}/{namespace}/{topic}/messages"' in metrics
+
+
+def test_an_idle_connection_is_kept_longer_than_a_load_balancer_keeps_it(
+    gateway: Gateway,
+) -> None:
+    """A load balancer or client reuses an idle connection for up to its own idle timeout
+    (often 60 s). Had the gateway closed it first (uvicorn's default: 5 s), a request sent
+    at that moment would get no answer at all. The connection still answers after 6 s."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    request = b"GET /livez HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(6)
+        connection.sendall(request)
+        answer = connection.recv(4096)  # b"" had the gateway closed it
+        assert answer.startswith(b"HTTP/1.1 200"), answer
