@@ -66,7 +66,8 @@ class _PartitionReader:
                 # is stored, and wait for it only if so.
                 if not await has_message_available(self.reader):
                     return
-                message = await read_next(self.reader)
+                self._buffer_waited(await read_next(self.reader))
+                continue
             self.buffer.append(message)
 
     def arrival(self) -> "asyncio.Future[Any]":
@@ -79,7 +80,24 @@ class _PartitionReader:
     def _take_pending(self) -> None:
         assert self._pending is not None
         future, self._pending = self._pending, None
-        self.buffer.append(future.result())
+        self._buffer_waited(future.result())
+
+    def _buffer_waited(self, message: Any) -> None:
+        """Buffer a message a waiting receive got, in Pulsar's order.
+
+        pulsar-client can hand a waiting receive the message after one it is queueing that
+        instant (ConsumerImpl::executeNotifyCallback finds no receive waiting for message
+        n, and queues n only after releasing its lock; a receive that starts waiting in
+        between gets n + 1). n is queued before n + 1 is handed over, so it is first in the
+        queue now: polled, it goes back before n + 1.
+        """
+        queued = poll(self.reader)
+        if queued is None:
+            self.buffer.append(message)
+        elif position_of(queued.message_id()) < position_of(message.message_id()):
+            self.buffer += (queued, message)
+        else:
+            self.buffer += (message, queued)
 
     async def close(self) -> None:
         if self._pending is not None:
