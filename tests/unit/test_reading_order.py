@@ -61,7 +61,7 @@ class RacingClientReader:
         return self.queue.popleft()
 
     def has_message_available_async(self, callback: Callable[[Any, Any], None]) -> None:
-        callback(pulsar.Result.Ok, bool(self.queue) or self._stored and not self.arrived.is_set())
+        callback(pulsar.Result.Ok, bool(self.queue) or (self._stored and not self.arrived.is_set()))
 
     def read_next_async(self, callback: Callable[[Any, Any], None]) -> None:
         def batch_arrives() -> None:
