@@ -1,6 +1,6 @@
-"""A partition's messages are handed out in Pulsar's order, even when pulsar-client hands a
-waiting receive a message ahead of one it is queueing (pure logic, with a client reader
-that replays that interleaving; against a real broker: tests/integration/test_read.py)."""
+"""A partition's messages are read and streamed in Pulsar's order, even when pulsar-client
+hands a waiting receive a message ahead of one it is queueing (pure logic, with a client
+reader that replays that interleaving; against a real broker: tests/integration/test_read.py)."""
 
 import asyncio
 import threading
@@ -91,7 +91,7 @@ def handed_out(read: Callable[[TopicReader], Any], *, stored: bool) -> list[int]
         reader = Reader(stored)
         topic = TopicReader(
             TopicName("public", "default", "t"),
-            [_PartitionReader(NON_PARTITIONED, reader, EARLIEST)],  # type: ignore[arg-type]
+            [_PartitionReader(NON_PARTITIONED, reader, EARLIEST)],
             "east",
             0,
         )
