@@ -123,6 +123,14 @@ def poll(reader: pulsar.asyncio.Reader) -> Any:
         return None
 
 
+def poll_consumer(consumer: pulsar.asyncio.Consumer) -> Any:
+    """The next _pulsar.Message the consumer has queued already, or None: never waits."""
+    try:
+        return consumer._consumer.receive(0)
+    except pulsar.PulsarException:  # Timeout: none queued; AlreadyClosed: none will be
+        return None
+
+
 def read_next_async(reader: pulsar.asyncio.Reader, future: "asyncio.Future[Any]") -> None:
     """Ask for the reader's next _pulsar.Message, settled on `future`."""
     reader._reader.read_next_async(callback_for(future))

@@ -44,17 +44,47 @@ class _Receiver:
         self.consumer = consumer
         self.receives: list[asyncio.Future[Any]] = []
         self.claimed: set[asyncio.Future[Any]] = set()  # a pull waits on these
+        # Receives the client did not answer at once, not taken from yet.
+        self._waited: set[asyncio.Future[Any]] = set()
 
     def take_arrived(self) -> Any:
         """The earliest message that has arrived, whichever pull asked for it: receives
         complete in the order they were asked for, and a key's messages must be leased in
-        that order."""
+        that order.
+
+        Save for one race in pulsar-client (ConsumerImpl::executeNotifyCallback): it finds
+        no receive waiting for message n, releases its lock, then queues n; a receive that
+        starts waiting in between gets n + 1. n is queued before n + 1 is handed over: when
+        a waited receive is done, n is still in the client's queue, or a receive asked
+        since has it. Receives that wait are answered in the order they were asked, so
+        nothing that has not arrived can come before n + 1: the earliest of those that have
+        arrived goes first.
+        """
         while self.receives and self.receives[0].done():  # the done ones come first
-            future = self.receives.pop(0)
-            self.claimed.discard(future)
-            if not future.cancelled():
-                return future.result()
+            head = self.receives[0]
+            if head in self._waited:
+                self._waited.discard(head)
+                earliest = self._earliest_arrived(head)
+                if earliest is not head:
+                    self.receives.remove(earliest)
+                    self.claimed.discard(earliest)
+                    return earliest.result()
+            self.receives.pop(0)
+            self.claimed.discard(head)
+            if not head.cancelled():
+                return head.result()
         return None
+
+    def _earliest_arrived(self, head: "asyncio.Future[Any]") -> "asyncio.Future[Any]":
+        if head.cancelled() or head.exception() is not None:
+            return head
+        queued = bridge.poll_consumer(self.consumer)
+        if queued is not None:  # it came after every receive asked so far
+            self.receives.append(_arrived(queued))
+        arrived = [
+            f for f in self.receives if f.done() and not f.cancelled() and f.exception() is None
+        ]
+        return min(arrived, key=lambda f: _partition_order(f.result()))
 
     def receive(self) -> "asyncio.Future[Any]":
         """A pending receive no pull waits on, or a new one, claimed for the caller."""
@@ -65,6 +95,8 @@ class _Receiver:
             future = asyncio.get_running_loop().create_future()
             bridge.receive_async(self.consumer, future)
             self.receives.append(future)
+            if not future.done():
+                self._waited.add(future)
         self.claimed.add(future)
         return future
 
@@ -384,6 +416,23 @@ async def _arrives(
         for waiter in waiters:
             waiter.cancel()
     return future.done()
+
+
+def _arrived(message: Any) -> "asyncio.Future[Any]":
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(message)
+    return future
+
+
+def _partition_order(message: Any) -> tuple[int, int, int, int]:
+    """Pulsar's order of messages in one partition (and some order across partitions)."""
+    message_id = message.message_id()
+    return (
+        message_id.partition(),
+        message_id.ledger_id(),
+        message_id.entry_id(),
+        message_id.batch_index(),
+    )
 
 
 def _attempt(message: Any) -> int:
