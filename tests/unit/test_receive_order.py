@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pulsar
+import pytest
 
 from broker_gateway.pulsar.codecs import EARLIEST, NON_PARTITIONED, TopicName
 from broker_gateway.pulsar.queues.consumer import _Receiver
@@ -188,34 +189,22 @@ def pulled(test: Callable[[_Receiver, ClientConsumer], Any]) -> list[int]:
     return asyncio.run(main())
 
 
-def test_a_pull_takes_a_message_the_client_queued_behind_a_waiting_receive_first() -> None:
+@pytest.mark.parametrize(
+    ("waiting_in_the_race", "asked_after"),
+    [(1, False), (1, True), (2, False)],
+    ids=["queued", "answered-to-a-later-receive", "two-receives-waiting"],
+)
+def test_a_pull_takes_a_message_the_client_queued_behind_a_waiting_receive_first(
+    waiting_in_the_race: int, asked_after: bool
+) -> None:
     async def race(receiver: _Receiver, client: ClientConsumer) -> None:
         waiting: list[asyncio.Future[Any]] = []
-        client.arrive(3, window=lambda: waiting.append(receiver.receive()))
-        client.arrive(4)  # to the receive that started waiting before 3 was queued
-        client.arrive(5)
-        await waiting[0]
-
-    assert pulled(race) == [3, 4, 5]
-
-
-def test_a_pull_takes_a_message_a_later_receive_got_first() -> None:
-    async def race(receiver: _Receiver, client: ClientConsumer) -> None:
-        waiting: list[asyncio.Future[Any]] = []
-        client.arrive(3, window=lambda: waiting.append(receiver.receive()))
-        assert receiver.receive().result().n == 3  # another pull's, answered at once
-        client.arrive(4)
-        client.arrive(5)
-        await waiting[0]
-
-    assert pulled(race) == [3, 4, 5]
-
-
-def test_pulls_take_what_two_receives_waiting_in_the_race_got_after_the_queued_one() -> None:
-    async def race(receiver: _Receiver, client: ClientConsumer) -> None:
-        waiting: list[asyncio.Future[Any]] = []
-        client.arrive(3, window=lambda: waiting.extend((receiver.receive(), receiver.receive())))
-        client.arrive(4)
+        client.arrive(
+            3, window=lambda: waiting.extend(receiver.receive() for _ in range(waiting_in_the_race))
+        )
+        if asked_after:  # another pull's receive: the client answers it at once, with 3
+            assert receiver.receive().result().n == 3
+        client.arrive(4)  # to a receive that started waiting before 3 was queued
         client.arrive(5)
         await asyncio.gather(*waiting)
 
