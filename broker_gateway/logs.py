@@ -60,6 +60,10 @@ class TextFormatter(logging.Formatter):
 def configure(settings: Settings, *, quiet: bool) -> None:
     """The root logger in the configured format; `quiet` (commands other than `serve`)
     keeps the gateway's own lines to warnings."""
+    # No line shows where it was logged from, or the thread and process: a line a request
+    # (the access log) need not look them up (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     handler.addFilter(_WithRequestId())
