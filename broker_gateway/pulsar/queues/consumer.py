@@ -25,6 +25,7 @@ import pulsar.asyncio
 from broker_gateway.errors import GatewayError
 from broker_gateway.pulsar import bridge
 from broker_gateway.pulsar.errors import PULSAR_ERRORS
+from broker_gateway.pulsar.messages import position_of
 from broker_gateway.pulsar.queues.config import SubscriptionConfig
 from broker_gateway.pulsar.queues.leases import Admission, Lease, LeaseTable, MessageId
 
@@ -84,7 +85,8 @@ class _Receiver:
         arrived = [
             f for f in self.receives if f.done() and not f.cancelled() and f.exception() is None
         ]
-        return min(arrived, key=lambda f: _partition_order(f.result()))
+        # Pulsar's order within a partition (across partitions, none is promised).
+        return min(arrived, key=lambda f: position_of(f.result().message_id()))
 
     def receive(self) -> "asyncio.Future[Any]":
         """A pending receive no pull waits on, or a new one, claimed for the caller."""
@@ -422,17 +424,6 @@ def _arrived(message: Any) -> "asyncio.Future[Any]":
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     future.set_result(message)
     return future
-
-
-def _partition_order(message: Any) -> tuple[int, int, int, int]:
-    """Pulsar's order of messages in one partition (and some order across partitions)."""
-    message_id = message.message_id()
-    return (
-        message_id.partition(),
-        message_id.ledger_id(),
-        message_id.entry_id(),
-        message_id.batch_index(),
-    )
 
 
 def _attempt(message: Any) -> int:
